@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything hostkv's demo and tests need on a fresh Debian 12 machine (run as root).
+# Idempotent: apt packages from scripts/apt-packages.txt, a venv in .venv from requirements-dev.txt.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs Debian packages)" >&2; exit 1; }
+
+mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/apt-packages.txt)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own python3 (libvirt-python must be built against the system's libvirt).
+req_hash=$(sha256sum requirements-dev.txt | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.req-hash 2>/dev/null)" != "$req_hash" ]; then
+    echo "setup: creating .venv"
+    rm -rf .venv
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import libvirt, qemu.qmp, cobbler, koan, pytest" \
+        || { echo "setup: the venv is incomplete (see pip's errors above)" >&2; exit 1; }
+    echo "$req_hash" > .venv/.req-hash
+fi
+
+# What udev would do on a normal host: without it /dev/kvm is 0600 and libvirt re-probes QEMU on
+# every call (seconds per call).  Harmless where udev already did it.
+if [ -e /dev/kvm ]; then
+    chgrp kvm /dev/kvm 2>/dev/null || true
+    chmod 0660 /dev/kvm 2>/dev/null || true
+fi
+echo "setup: ok"
