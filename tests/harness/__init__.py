@@ -1,0 +1,1 @@
+"""Test harness: real guests, real daemons, started and torn down by the tests themselves."""
