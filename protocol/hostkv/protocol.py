@@ -342,7 +342,8 @@ class HostSession(object):
             if not isinstance(token, str) or not _TOKEN_RE.match(token):
                 raise ProtocolError("bad-token", "sync token must be 1-%d of [A-Za-z0-9_-]"
                                     % MAX_TOKEN_CHARS)
-            return [reply({"op": "sync", "token": token}), self.push()]
+            # the leading newline ends any half frame still in the guest's pipe before our reply
+            return [b"\n" + reply({"op": "sync", "token": token}), self.push()]
         if op == "get":
             key = validate_key(frame.get("key"))
             snap = self._get_snapshot()

@@ -1,0 +1,16 @@
+"""hostkvd: the host side of hostkv.
+
+Serves every guest channel socket it is given (explicitly, or discovered through libvirt) with
+the host's key/value snapshot: pushes it on every connect and on every change, and answers the
+guest's requests.  One module per concern:
+
+  config      the config file (/etc/hostkv/hostkvd.conf): parsing with line numbers, atomic edits
+  hostvalues  the host.* values: built-ins (host.hostname, host.fqdn) plus configured keys
+  ratelimit   token buckets that throttle a misbehaving guest
+  channel     one guest connection: connect with backoff, push, answer, rate-limit
+  daemon      Hostkvd: host values + the set of channels; the API channel sources call
+  control     the root-only unix control socket used by hostkvctl
+  sources/    where channels come from: explicit paths/directories, libvirt
+"""
+
+VERSION = "0.1.0"

@@ -1,0 +1,207 @@
+"""One guest channel: hostkvd's connection to the unix socket QEMU listens on for the guest's port.
+
+Contract:
+  * connects to ``path`` (QEMU's chardev socket server) and, on every (re)connect, pushes the
+    guest's snapshot at once — a guest that migrated onto this host sees no disconnect edge, so the
+    pushed snapshot is how it learns the new host's values;
+  * retries with exponential backoff (50 ms .. 2 s) while the socket is missing or refuses;
+  * answers the guest's requests through :class:`hostkv.protocol.HostSession`;
+  * :meth:`push` sends the current snapshot again (values changed); pushes never queue up: only the
+    newest snapshot is sent once the socket can take it;
+  * a misbehaving guest is throttled by not reading (token buckets on bytes and requests), its
+    replies are bounded by a high-water mark, and a connection with too many bad frames is closed
+    and retried after a growing penalty (1 s .. 60 s).  Memory per channel is bounded by
+    MAX_GUEST_FRAME_BYTES + HIGH_WATER + one snapshot, whatever the guest sends.
+"""
+
+import asyncio
+import collections
+import logging
+import time
+
+from hostkv import protocol
+from hostkv.hostkvd.ratelimit import TokenBucket
+
+log = logging.getLogger("hostkvd.channel")
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+PENALTY_MIN = 1.0
+PENALTY_MAX = 60.0
+READ_CHUNK = 4096
+HIGH_WATER = 64 * 1024          # bytes of replies queued before we stop reading the guest
+MAX_ERRORS_PER_CONNECTION = 100
+REQUEST_RATE, REQUEST_BURST = 1000.0, 2000.0      # requests per second
+BYTE_RATE, BYTE_BURST = 1024 * 1024.0, 4 * 1024 * 1024.0
+
+
+class Channel(object):
+    """hostkvd's side of one guest's ``org.hostkv.0`` port."""
+
+    def __init__(self, key, path, snapshot_fn, label=None, server_name="hostkvd"):
+        self.key = key
+        self.path = path
+        self.label = label or key
+        self.session = protocol.HostSession(snapshot_fn, server_name)
+        self.state = "new"
+        self.connects = 0
+        self.pushes = 0
+        self.last_push = None
+        self.refused = 0           # connections closed for misbehaviour
+        self.vm_values = {}
+        self.snapshot = None       # set by the daemon
+        self._task = None
+        self._connected = False
+        self._out = collections.deque()
+        self._out_bytes = 0
+        self._push_wanted = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._penalty = 0.0
+        self._bytes = TokenBucket(BYTE_RATE, BYTE_BURST)
+        self._requests = TokenBucket(REQUEST_RATE, REQUEST_BURST)
+
+    # ------------------------------------------------------------------ control
+
+    def start(self):
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self):
+        self.state = "closed"
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:
+                pass
+            self._task = None
+
+    async def set_path(self, path):
+        """Follow the socket to a new path (libvirt renames it on every start/restore/migration)."""
+        if path == self.path and self._task is not None and not self._task.done():
+            return
+        self.path = path
+        await self.close()
+        self.start()
+
+    def push(self):
+        """Send the current snapshot now if connected (else it goes out on the next connect)."""
+        if self._connected:
+            self._push_wanted = True
+            self._wake.set()
+
+    @property
+    def connected(self):
+        return self._connected
+
+    def status(self):
+        snap = self.snapshot
+        return {
+            "key": self.key, "label": self.label, "path": self.path, "state": self.state,
+            "connected": self._connected, "agent": self.session.agent,
+            "protocol_version": self.session.version, "generation": snap.generation if snap else None,
+            "connects": self.connects, "pushes": self.pushes, "last_push": self.last_push,
+            "requests": self.session.requests, "errors": self.session.errors, "refused": self.refused,
+        }
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self):
+        backoff = BACKOFF_MIN
+        while True:
+            self.state = "connecting"
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except (OSError, ValueError) as err:
+                if self.state != "waiting":
+                    log.debug("%s: %s not reachable (%s); retrying", self.label, self.path, err)
+                self.state = "waiting"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            misbehaved = await self._serve(reader, writer)
+            if misbehaved:
+                self.refused += 1
+                self._penalty = min(max(self._penalty * 2, PENALTY_MIN), PENALTY_MAX)
+                self.state = "penalty"
+                log.warning("%s: closed the channel after %d bad frames; retrying in %.0f s",
+                            self.label, self.session.errors, self._penalty)
+                await asyncio.sleep(self._penalty)
+            else:
+                self._penalty = 0.0
+                self.state = "waiting"
+                await asyncio.sleep(BACKOFF_MIN)
+
+    async def _serve(self, reader, writer):
+        """Serve one connection; return True if it was closed for misbehaviour."""
+        self._connected = True
+        self.state = "connected"
+        self.connects += 1
+        self._out.clear()
+        self._out_bytes = 0
+        self._push_wanted = False
+        self._idle.set()
+        writer.write(self.session.connected())
+        self.pushes += 1
+        self.last_push = time.time()
+        log.info("%s: connected to %s, snapshot pushed (generation %s)", self.label, self.path,
+                 self.snapshot.generation if self.snapshot else "?")
+        writer_task = asyncio.ensure_future(self._write_loop(writer))
+        try:
+            while not writer_task.done():
+                try:
+                    data = await reader.read(READ_CHUNK)
+                except (ConnectionError, OSError):
+                    break
+                if not data:
+                    break
+                before = self.session.requests
+                out = self.session.receive(data)
+                if out:
+                    self._queue(out)
+                if self.session.errors >= MAX_ERRORS_PER_CONNECTION:
+                    return True
+                delay = max(self._bytes.take(len(data)),
+                            self._requests.take(self.session.requests - before))
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self._out_bytes > HIGH_WATER:
+                    await self._idle.wait()
+            return False
+        finally:
+            self._connected = False
+            writer_task.cancel()
+            try:
+                await writer_task
+            except BaseException:
+                pass
+            writer.close()
+            log.info("%s: disconnected from %s", self.label, self.path)
+
+    def _queue(self, data):
+        self._out.append(data)
+        self._out_bytes += len(data)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _write_loop(self, writer):
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._out or self._push_wanted:
+                    if self._push_wanted:
+                        self._push_wanted = False
+                        data = self.session.push()
+                        self.pushes += 1
+                        self.last_push = time.time()
+                    else:
+                        data = self._out.popleft()
+                        self._out_bytes -= len(data)
+                    writer.write(data)
+                    await writer.drain()
+                self._idle.set()
+        except (ConnectionError, OSError):
+            self._idle.set()

@@ -1,0 +1,133 @@
+"""Run the real hostkvd (``python -m hostkv.hostkvd``) as a subprocess for tests.
+
+    d = HostkvdProcess(workdir, channels=[sock_path], config_text="[host]\\nhost.rack = r1\\n")
+    d.start()                    # waits for its "started" log line; fails loudly with the log
+    d.control({"op": "status"})  # one request on the control socket
+    d.sighup(); d.kill9(); d.stop()
+
+Its stderr goes to ``workdir/hostkvd.log`` (``d.log()``).  ``prefix`` runs it under another
+command, e.g. ``["unshare", "--uts", "sh", "-c", "hostname hostA && exec \\"$0\\" \\"$@\\""]`` to give
+it its own host name.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHONPATH = os.pathsep.join(os.path.join(REPO, d) for d in ("protocol", "guest_agent", "host_service"))
+
+
+def uts_prefix(hostname):
+    """Run the command in a new UTS namespace whose host name is ``hostname``."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && shift && exec "$@"', hostname, "--"]
+
+
+class HostkvdProcess(object):
+    def __init__(self, workdir, channels=(), channel_dirs=(), config_text=None, extra_args=(),
+                 prefix=(), python=sys.executable, host_id=None, name="hostkvd"):
+        self.workdir = str(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.config_path = os.path.join(self.workdir, name + ".conf")
+        self.control_path = os.path.join(self.workdir, name + ".sock")
+        self.log_path = os.path.join(self.workdir, name + ".log")
+        if config_text is not None:
+            with open(self.config_path, "w") as f:
+                f.write(config_text)
+        self.argv = list(prefix) + [python, "-m", "hostkv.hostkvd", "--config", self.config_path,
+                                    "--control-socket", self.control_path, "--log-level", "debug"]
+        for ch in channels:
+            self.argv += ["--channel", str(ch)]
+        for d in channel_dirs:
+            self.argv += ["--channel-dir", str(d)]
+        if host_id:
+            self.argv += ["--host-id", host_id]
+        self.argv += list(extra_args)
+        self.proc = None
+
+    def start(self, timeout=15):
+        env = dict(os.environ, PYTHONPATH=PYTHONPATH)
+        env.pop("JOURNAL_STREAM", None)
+        self._log = open(self.log_path, "ab")
+        self._mark = self._log.tell()
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=self._log, env=env)
+        self.wait_log("started", timeout)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.control_path):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError("hostkvd control socket did not appear:\n" + self.log())
+            time.sleep(0.02)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, text, timeout=10, after=None):
+        """Wait until ``text`` appears in the log (after byte offset ``after``); returns the offset."""
+        deadline = time.monotonic() + timeout
+        start = self._mark if after is None else after
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                data = f.read().decode("utf-8", "replace")
+            if text in data:
+                return start + data.index(text) + len(text)
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError("hostkvd never logged %r; log:\n%s" % (text, self.log()[-4000:]))
+            time.sleep(0.02)
+
+    def log_size(self):
+        return os.path.getsize(self.log_path)
+
+    def _check_alive(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError("hostkvd exited with %s; log:\n%s" % (self.proc.returncode, self.log()[-4000:]))
+
+    def control(self, request, timeout=10):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.control_path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return json.loads(data.decode())
+        finally:
+            s.close()
+
+    def sighup(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

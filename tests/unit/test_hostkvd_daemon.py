@@ -1,0 +1,132 @@
+"""The real hostkvd process over real unix sockets; a FakePort plays QEMU's side of each guest.
+
+Fast: no VM.  The same behaviour in a real QEMU guest is covered in tests/core/.
+"""
+import os
+import stat
+import time
+
+import pytest
+
+from tests.harness.fake_port import FakePort
+from tests.harness.hostkvd_proc import HostkvdProcess
+
+
+@pytest.fixture
+def two_ports(tmp_path):
+    ports = [FakePort(tmp_path / "g1.sock"), FakePort(tmp_path / "g2.sock")]
+    yield ports
+    for p in ports:
+        p.close()
+
+
+@pytest.fixture
+def daemon(tmp_path, two_ports):
+    d = HostkvdProcess(tmp_path, channels=[p.path for p in two_ports], host_id="host-under-test",
+                       config_text="# fleet config\n[host]\nhost.rack = r12\n")
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_push_on_connect_and_answers(daemon, two_ports):
+    g1 = two_ports[0].accept()
+    snap = g1.frame()
+    assert snap["op"] == "snapshot" and snap["host_id"] == "host-under-test"
+    assert snap["values"]["host.rack"] == "r12"
+    assert snap["values"]["host.hostname"] == os.uname().nodename
+    g1.send({"op": "get", "id": 1, "key": "host.rack"})
+    assert g1.frame() == {"op": "value", "id": 1, "key": "host.rack", "value": "r12",
+                          "host_id": "host-under-test", "generation": snap["generation"]}
+
+
+def test_sighup_pushes_new_value_unasked_and_bad_config_is_kept_out(daemon, two_ports):
+    g1, g2 = two_ports[0].accept(), two_ports[1].accept()
+    first = g1.frame()
+    g2.frame()
+    with open(daemon.config_path, "a") as f:
+        f.write("host.rack = r13\n")        # set twice: invalid
+    mark = daemon.log_size()
+    daemon.sighup()
+    daemon.wait_log("hostkvd.conf:4: host.rack is set twice", after=mark)
+    with open(daemon.config_path, "w") as f:
+        f.write("[host]\nhost.rack = r14\n")
+    daemon.sighup()
+    for g in (g1, g2):
+        pushed = g.frame(timeout=5)
+        assert pushed["op"] == "snapshot" and pushed["values"]["host.rack"] == "r14"
+        assert pushed["generation"] > first["generation"]
+
+
+def test_host_set_via_control_socket_is_persisted_and_pushed(daemon, two_ports):
+    g1 = two_ports[0].accept()
+    g1.frame()
+    mode = stat.S_IMODE(os.stat(daemon.control_path).st_mode)
+    assert mode == 0o600
+    reply = daemon.control({"op": "host-set", "values": {"host.dc": "fra1", "host.odd": "$(reboot)\n'"}})
+    assert reply["ok"], reply
+    pushed = g1.frame(timeout=5)
+    assert pushed["values"]["host.dc"] == "fra1" and pushed["values"]["host.odd"] == "$(reboot)\n'"
+    text = open(daemon.config_path).read()
+    assert "# fleet config" in text and "host.dc = fra1" in text
+    bad = daemon.control({"op": "host-set", "values": {"vm.role": "web"}})
+    assert not bad["ok"] and "host.*" in bad["error"]
+    assert daemon.control({"op": "host-unset", "keys": ["host.nope"]})["ok"] is False
+    assert daemon.control({"op": "host-unset", "keys": ["host.dc"]})["ok"]
+    assert "host.dc" not in g1.frame(timeout=5)["values"]
+    status = daemon.control({"op": "status"})["status"]
+    assert {c["label"] for c in status["channels"]} == {"g1.sock", "g2.sock"}
+
+
+def test_reconnects_with_backoff_when_the_socket_comes_back(tmp_path, daemon, two_ports):
+    g1 = two_ports[0].accept()
+    g1.frame()
+    two_ports[0].close()                    # QEMU went away (socket file removed)
+    time.sleep(0.5)
+    again = FakePort(tmp_path / "g1.sock")  # and came back (restart / migration)
+    try:
+        t0 = time.monotonic()
+        again.accept(timeout=5)
+        assert again.frame()["op"] == "snapshot"
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        again.close()
+
+
+def test_a_misbehaving_guest_never_stalls_another(daemon, two_ports):
+    bad, good = two_ports[0].accept(), two_ports[1].accept()
+    bad.frame()
+    good.frame()
+    bad.send(b"x" * (1 << 20))             # a megabyte with no newline
+    bad.send(b"{not json}\n" * 50)
+    for i in range(20):
+        good.send({"op": "ping", "id": i})
+        assert good.frame(timeout=2) == {"op": "pong", "id": i}
+    errors = []
+    while len(errors) < 10:
+        f = bad.frame(timeout=5)
+        errors.append(f)
+    assert errors[0]["code"] == "frame-too-large"
+    assert all(e["op"] == "error" for e in errors)
+
+
+def test_too_many_bad_frames_close_the_channel_with_a_penalty(daemon, two_ports):
+    bad = two_ports[0].accept()
+    bad.frame()
+    mark = daemon.log_size()
+    bad.send(b"junk\n" * 150)
+    end = daemon.wait_log("bad frames; retrying in 1 s", after=mark)
+    line = daemon.log()[:end].rsplit("\n", 1)[-1]
+    assert int(line.split("closed the channel after ")[1].split()[0]) >= 100
+    t0 = time.monotonic()
+    bad.accept(timeout=5)                  # hostkvd comes back after the penalty
+    assert bad.frame_where(lambda f: f["op"] == "snapshot")
+    assert time.monotonic() - t0 >= 0.8
+
+
+def test_bad_config_at_start_names_the_line(tmp_path):
+    d = HostkvdProcess(tmp_path, config_text="[host]\nhost.ok = 1\nrack = r1\n")
+    with pytest.raises(AssertionError) as err:
+        d.start(timeout=10)
+    assert "hostkvd.conf:3:" in str(err.value)
+    assert d.proc.wait(5) == 1
