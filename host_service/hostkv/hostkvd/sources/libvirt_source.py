@@ -1,0 +1,251 @@
+"""Channel source: the running libvirt domains that have the hostkv channel.
+
+``LibvirtSource(uri).run(daemon)`` (runs until cancelled):
+
+  * registers libvirt's event loop on hostkvd's asyncio loop (``libvirtaio``) before it opens the
+    connection, so libvirt events and keepalives are handled on the daemon's own loop; every libvirt
+    call is made from that loop's thread (libvirtaio is not thread-safe);
+  * opens ``uri`` read-only, sets the host id to libvirt's host UUID (unless ``set_host_id`` is
+    False, i.e. the operator gave one), enumerates the running domains and follows lifecycle,
+    metadata-change and device-added/removed events;
+  * for each domain it "refreshes": reads the LIVE XML (the channel socket path changes on every
+    start, restore and migration), and if the domain has a unix channel named ``port_name`` calls
+    ``daemon.add_channel(uuid, path, vm_values, label=name)`` and ``daemon.set_vm_values``;
+    otherwise (no channel, not running, gone) ``daemon.remove_channel(uuid)``.  A domain without
+    the channel is never touched;
+  * vm.* values come from the domain metadata (namespace domain_xml.NS); bad entries are logged
+    and left out, the rest is served;
+  * when the connection closes (libvirtd restarted or died) it reconnects with backoff, then
+    re-enumerates and re-registers.  Channels stay connected meanwhile: they only depend on QEMU.
+
+Channel keys are the domain UUID strings, labels the domain names.
+"""
+
+import asyncio
+import logging
+import xml.etree.ElementTree as ET
+
+from hostkv import protocol
+from hostkv.hostkvd import domain_xml
+
+log = logging.getLogger("hostkvd.libvirt")
+
+_event_impl = None
+
+
+def ensure_event_impl(loop=None):
+    """Register libvirtaio as libvirt's event implementation on ``loop`` (once per process).
+
+    Must run before the first connection is opened.  Returns the implementation object.
+    """
+    global _event_impl
+    if _event_impl is None:
+        import libvirtaio
+        _event_impl = libvirtaio.virEventRegisterAsyncIOImpl(loop=loop or asyncio.get_event_loop())
+    return _event_impl
+
+
+def host_uuid_from_capabilities(caps_xml):
+    """``/capabilities/host/uuid`` or None."""
+    try:
+        root = ET.fromstring(caps_xml)
+    except ET.ParseError:
+        return None
+    text = root.findtext("./host/uuid")
+    return text.strip() if text and text.strip() else None
+
+
+class LibvirtSource(object):
+    """Serves the hostkv channel of every running libvirt domain that has one (module docstring)."""
+
+    def __init__(self, uri="qemu:///system", port_name=protocol.DEFAULT_PORT_NAME, set_host_id=True,
+                 backoff_min=0.2, backoff_max=5.0):
+        self.uri = uri
+        self.port_name = port_name
+        self.set_host_id = set_host_id
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.conn = None
+        self.served = {}          # uuid -> domain name, the channels this source added
+        self.problems = {}        # uuid -> last reported problem (logged once per change)
+        self.generation = 0       # bumped on every (re)connect; tests/status read it
+        self._daemon = None
+        self._closed = None
+        self._callback_ids = []
+        self._pending = {}        # uuid -> refresh task
+        self._dirty = set()
+
+    # ------------------------------------------------------------ main loop
+    async def run(self, daemon):
+        import libvirt
+        self._daemon = daemon
+        ensure_event_impl(asyncio.get_event_loop())
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+        delay = self.backoff_min
+        try:
+            while True:
+                try:
+                    await self._connect()
+                except libvirt.libvirtError as err:
+                    log.warning("libvirt %s: cannot connect (%s); retrying in %.1fs",
+                                self.uri, err.get_error_message(), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(self.backoff_max, delay * 2)
+                    continue
+                delay = self.backoff_min
+                await self._closed.wait()
+                log.warning("libvirt %s: connection lost; reconnecting (guests stay served)", self.uri)
+                self._drop_connection()
+        finally:
+            self._drop_connection()
+            for task in self._pending.values():
+                task.cancel()
+
+    async def _connect(self):
+        import libvirt
+        conn = libvirt.openReadOnly(self.uri)
+        self._closed = asyncio.Event()
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+            try:
+                conn.setKeepAlive(5, 3)
+            except libvirt.libvirtError:
+                pass  # e.g. test:/// has no keepalive
+            ids = []
+            for event_id, cb in ((libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+                                 (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata),
+                                 (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device),
+                                 (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device)):
+                ids.append(conn.domainEventRegisterAny(None, event_id, cb, None))
+            self._callback_ids = ids
+            self.conn = conn
+            if self.set_host_id:
+                host_id = host_uuid_from_capabilities(conn.getCapabilities())
+                if host_id:
+                    self._daemon.set_host_id(host_id)
+            running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except BaseException:
+            self.conn = conn
+            self._drop_connection()
+            raise
+        self.generation += 1
+        running_uuids = set(dom.UUIDString() for dom in running)
+        # Stopped or migrated away while we were disconnected: the refresh finds them gone.
+        for uuid in sorted(running_uuids | set(self.served)):
+            self._schedule(uuid)
+        log.info("libvirt %s: connected (host %s), %d running domain(s)",
+                 self.uri, conn.getHostname(), len(running))
+
+    def _drop_connection(self):
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        for cid in self._callback_ids:
+            try:
+                conn.domainEventDeregisterAny(cid)
+            except Exception:   # noqa: BLE001 - the connection may already be dead
+                pass
+        self._callback_ids = []
+        try:
+            conn.unregisterCloseCallback()
+        except Exception:   # noqa: BLE001
+            pass
+        try:
+            conn.close()
+        except Exception:   # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------ libvirt callbacks (loop thread)
+    def _on_close(self, _conn, reason, _opaque):
+        log.info("libvirt %s: close callback (reason %s)", self.uri, reason)
+        if self._closed is not None:
+            self._closed.set()
+
+    def _on_lifecycle(self, _conn, dom, event, detail, _opaque):
+        log.debug("lifecycle %s event=%s detail=%s", dom.name(), event, detail)
+        self._schedule(dom.UUIDString())
+
+    def _on_metadata(self, _conn, dom, mtype, nsuri, _opaque):
+        import libvirt
+        if mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT and nsuri == domain_xml.NS:
+            self._schedule(dom.UUIDString())
+
+    def _on_device(self, _conn, dom, _alias, _opaque):
+        self._schedule(dom.UUIDString())
+
+    # ------------------------------------------------------------ refresh
+    def _schedule(self, uuid):
+        """Refresh ``uuid`` soon; coalesces bursts of events into one refresh."""
+        if uuid in self._pending:
+            self._dirty.add(uuid)
+            return
+        self._pending[uuid] = asyncio.ensure_future(self._refresh_task(uuid))
+
+    async def _refresh_task(self, uuid):
+        try:
+            while True:
+                self._dirty.discard(uuid)
+                await self.refresh(uuid)
+                if uuid not in self._dirty:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:   # noqa: BLE001 - one domain must never stop the source
+            log.exception("refreshing domain %s failed", uuid)
+        finally:
+            self._pending.pop(uuid, None)
+
+    async def idle(self):
+        """Wait until no refresh is pending (tests and benchmarks use it)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending.values()), return_exceptions=True)
+
+    async def refresh(self, uuid):
+        """Bring the daemon's view of domain ``uuid`` in line with libvirt's."""
+        import libvirt
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            xml = dom.XMLDesc(0) if dom.isActive() else None
+        except libvirt.libvirtError as err:
+            if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                await self._remove(uuid, "gone from this host")
+                return
+            raise
+        if xml is None:
+            await self._remove(uuid, "not running")
+            return
+        await self.apply_xml(uuid, xml)
+
+    async def apply_xml(self, uuid, xml):
+        """Serve or stop serving domain ``uuid`` according to its LIVE ``xml``."""
+        name = domain_xml.domain_identity(xml)[0]
+        path, problem = domain_xml.channel_socket_path(xml, self.port_name)
+        if path is None:
+            if problem:
+                self._report(uuid, "domain %s: %s" % (name, problem))
+            await self._remove(uuid, problem or "no %s channel" % self.port_name)
+            return
+        values, problems = domain_xml.metadata_from_domain(xml)
+        self._report(uuid, "; ".join("domain %s: %s" % (name, p) for p in problems) if problems else None)
+        if uuid not in self.served:
+            log.info("serving domain %s (%s) at %s with %d vm key(s)", name, uuid, path, len(values))
+        self.served[uuid] = name
+        self._daemon.add_channel(uuid, path, vm_values=values, label=name)
+
+    async def _remove(self, uuid, why):
+        if uuid in self.served:
+            log.info("no longer serving domain %s (%s): %s", self.served[uuid], uuid, why)
+            del self.served[uuid]
+            self.problems.pop(uuid, None)
+            await self._daemon.remove_channel(uuid)
+
+    def _report(self, uuid, problem):
+        if problem and self.problems.get(uuid) != problem:
+            log.warning("%s", problem)
+        if problem:
+            self.problems[uuid] = problem
+        else:
+            self.problems.pop(uuid, None)

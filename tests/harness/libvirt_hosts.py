@@ -1,0 +1,450 @@
+"""Simulated libvirt "hosts" on one machine: a real libvirtd per private mount + UTS namespace.
+
+Contract:
+  * :class:`LibvirtHost` (``start()`` / ``stop()``, or use it as a context manager) runs ``virtlogd``
+    and ``libvirtd`` inside its own ``unshare -m -u`` namespace.  The namespace sees private copies of
+    ``/run`` (a fresh dir: pidfiles, ``/run/libvirt``, ``/run/hostkv``), ``/var/lib/libvirt``,
+    ``/var/cache/libvirt``, ``/var/log/libvirt`` and ``/etc/libvirt`` (a copy of the machine's, with
+    its own ``host_uuid`` and ``stdio_handler = "file"``); its UTS host name is ``hostname``.
+    Nothing of the machine's own libvirt state is touched; everything lives under ``basedir``.
+  * From outside: ``host.uri`` (``qemu+unix:///system?socket=<basedir>/run/libvirt/libvirt-sock``),
+    ``host.open()`` (a new libvirt connection), ``host.outside_path(p)`` (a path seen inside the
+    namespace, e.g. a channel socket from the live XML, as reachable from outside).
+  * Inside: ``host.run_in_ns(argv)`` / ``host.popen_in_ns(argv)`` run a command in the namespace
+    (same host name, same /var/lib/libvirt paths); ``host.start_hostkvd(config_text)`` starts hostkvd
+    there (libvirt source, control socket ``host.control_socket`` as seen from outside) and returns
+    a :class:`HostkvdProcess`; ``host.hostkvctl(args)`` runs hostkvctl against this host.
+  * ``host.restart_libvirtd()`` stops libvirtd (QEMU guests keep running) and starts it again.
+  * ``define_guest(conn, name, ...)`` / ``domain_xml(...)`` build the test domains: direct kernel
+    boot, console to a file (append='on'), the hostkv channel and the test exec channel.
+  * ``migrate(dom, dst_conn)`` live-migrates over tcp://127.0.0.1.
+
+Every failure to start raises :class:`HarnessError` with the daemon's log tail: tests fail loudly.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+PYTHONPATH = os.pathsep.join(os.path.join(REPO, s) for s in ("protocol", "guest_agent", "host_service"))
+
+# The namespace's private view: machine path -> sub dir of basedir.
+BIND_DIRS = (
+    ("/run", "run"),
+    ("/var/lib/libvirt", "lib"),
+    ("/var/cache/libvirt", "cache"),
+    ("/var/log/libvirt", "log"),
+    ("/etc/libvirt", "etc"),
+)
+
+HOSTKV_PORT = "org.hostkv.0"
+TEST_EXEC_PORT = "org.hostkv.test.0"
+
+
+class HarnessError(RuntimeError):
+    """A real component could not be started or driven."""
+
+
+def _tail(path, n=30):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError as err:
+        return "(no log: %s)" % err
+
+
+def wait_for(predicate, timeout, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns a true value (returned) or raise HarnessError."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported on timeout
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise HarnessError("timed out after %.1fs waiting for %s%s"
+                               % (timeout, what, " (last error: %r)" % last_exc if last_exc else ""))
+        time.sleep(interval)
+
+
+def _set_conf(path, settings):
+    """Append ``key = value`` lines (libvirt conf syntax) to ``path``; later lines win."""
+    with open(path, "a") as f:
+        f.write("\n# hostkv test harness\n")
+        for key, value in settings.items():
+            f.write("%s = %s\n" % (key, value))
+
+
+_KEEPER_SCRIPT = r"""
+set -e
+mount --make-rprivate /
+B="$1"; HN="$2"
+mount --bind "$B/run" /run
+mount --bind "$B/lib" /var/lib/libvirt
+mount --bind "$B/cache" /var/cache/libvirt
+mkdir -p /var/log/libvirt 2>/dev/null || true
+mount --bind "$B/log" /var/log/libvirt
+mount --bind "$B/etc" /etc/libvirt
+hostname "$HN"
+echo ready
+exec sleep 2147483647
+"""
+
+
+class LibvirtHost(object):
+    """One simulated libvirt host (see module docstring)."""
+
+    def __init__(self, name, basedir, hostname=None, host_uuid=None, cache_from=None):
+        self.name = name
+        self.cache_from = cache_from
+        self.basedir = os.path.abspath(basedir)
+        self.hostname = hostname or "hostkv-test-%s" % name
+        self.host_uuid = host_uuid or str(uuid.uuid5(uuid.NAMESPACE_DNS, self.hostname + ".hostkv.test"))
+        self.keeper = None
+        self.hostkvds = []
+
+    # ------------------------------------------------------------ paths
+    @property
+    def run_dir(self):
+        return os.path.join(self.basedir, "run")
+
+    @property
+    def libvirt_socket(self):
+        return os.path.join(self.run_dir, "libvirt", "libvirt-sock")
+
+    @property
+    def uri(self):
+        return "qemu+unix:///system?socket=%s" % self.libvirt_socket
+
+    @property
+    def control_socket(self):
+        """hostkvd's control socket (default path /run/hostkv/hostkvd.sock inside) seen from outside."""
+        return os.path.join(self.run_dir, "hostkv", "hostkvd.sock")
+
+    @property
+    def libvirtd_log(self):
+        return os.path.join(self.basedir, "log", "libvirtd.log")
+
+    def outside_path(self, path):
+        """Translate a path as seen inside the namespace to the same file seen from outside."""
+        for inside, sub in BIND_DIRS:
+            if path == inside or path.startswith(inside + "/"):
+                return os.path.join(self.basedir, sub) + path[len(inside):]
+        return path
+
+    # ------------------------------------------------------------ lifecycle
+    def _prepare_dirs(self):
+        if os.path.exists(self.basedir):
+            shutil.rmtree(self.basedir)
+        os.makedirs(self.basedir)
+        os.chmod(self.basedir, 0o755)
+        os.makedirs(os.path.join(self.basedir, "run"), mode=0o755)
+        os.makedirs(os.path.join(self.basedir, "log"), mode=0o700)
+        # Start from the machine's state so ownerships/permissions are what the packages made.
+        shutil.copytree("/etc/libvirt", os.path.join(self.basedir, "etc"), symlinks=True)
+        for src, sub in (("/var/lib/libvirt", "lib"), ("/var/cache/libvirt", "cache")):
+            subprocess.run(["cp", "-a", src, os.path.join(self.basedir, sub)], check=True)
+        if self.cache_from is not None:
+            # QEMU capability probing costs ~8 s per fresh daemon; libvirt re-validates the cache.
+            caps = os.path.join(self.cache_from.basedir, "cache", "qemu", "capabilities")
+            if os.path.isdir(caps):
+                subprocess.run(["cp", "-a", caps, os.path.join(self.basedir, "cache", "qemu")], check=True)
+        etc = os.path.join(self.basedir, "etc")
+        # No autostarted networks/guests: they would create bridges in the machine's network.
+        for autostart in ("qemu/networks/autostart", "qemu/autostart"):
+            path = os.path.join(etc, autostart)
+            if os.path.isdir(path):
+                for entry in os.listdir(path):
+                    os.unlink(os.path.join(path, entry))
+        _set_conf(os.path.join(etc, "libvirtd.conf"), {
+            "host_uuid": '"%s"' % self.host_uuid,
+            "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
+        })
+        _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"'})
+
+    def start(self, timeout=60):
+        """Create the namespace, start virtlogd + libvirtd; return once the API answers."""
+        self._prepare_dirs()
+        self.keeper = subprocess.Popen(
+            ["unshare", "-m", "-u", "--propagation", "private", "--", "/bin/sh", "-c", _KEEPER_SCRIPT,
+             "keeper", self.basedir, self.hostname],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
+        line = self.keeper.stdout.readline()
+        if line.strip() != b"ready":
+            err = self.keeper.stderr.read() if self.keeper.poll() is not None else b""
+            self.stop()
+            raise HarnessError("namespace for host %s did not come up: %r %r" % (self.name, line, err))
+        try:
+            self._start_daemons(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_daemons(self, timeout):
+        res = self.run_in_ns(["virtlogd", "-d"], capture_output=True)
+        if res.returncode != 0:
+            raise HarnessError("virtlogd failed to start in %s: %s" % (self.name, res.stderr))
+        self._start_libvirtd(timeout)
+
+    def _start_libvirtd(self, timeout):
+        res = self.run_in_ns(["libvirtd", "-d"], capture_output=True)
+        if res.returncode != 0:
+            raise HarnessError("libvirtd failed to start in %s: %s\n%s"
+                               % (self.name, res.stderr, _tail(self.libvirtd_log)))
+        try:
+            wait_for(self._api_answers, timeout, interval=0.1, what="libvirtd of %s" % self.name)
+        except HarnessError as err:
+            raise HarnessError("%s\nlibvirtd.log:\n%s" % (err, _tail(self.libvirtd_log)))
+
+    def _api_answers(self):
+        import libvirt
+        if not os.path.exists(self.libvirt_socket):
+            return False
+        conn = libvirt.open(self.uri)
+        try:
+            conn.getCapabilities()   # the first call probes QEMU: pay for it here, not in a test
+            return True
+        finally:
+            conn.close()
+
+    def open(self):
+        """A new libvirt connection to this host (caller closes it)."""
+        import libvirt
+        return libvirt.open(self.uri)
+
+    def ns_pids(self):
+        """PIDs of every process in this host's mount namespace (except the keeper)."""
+        if self.keeper is None:
+            return []
+        try:
+            mine = os.readlink("/proc/%d/ns/mnt" % self.keeper.pid)
+        except OSError:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.keeper.pid:
+                continue
+            try:
+                if os.readlink("/proc/%s/ns/mnt" % entry) == mine:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+        return pids
+
+    def _pids_named(self, comm):
+        out = []
+        for pid in self.ns_pids():
+            try:
+                with open("/proc/%d/comm" % pid) as f:
+                    if f.read().strip() == comm:
+                        out.append(pid)
+            except OSError:
+                pass
+        return out
+
+    def restart_libvirtd(self, timeout=60, down_seconds=0.0):
+        """Stop libvirtd (guests keep running), optionally stay down a while, start it again."""
+        self.stop_libvirtd()
+        if down_seconds:
+            time.sleep(down_seconds)
+        self._start_libvirtd(timeout)
+
+    def stop_libvirtd(self, timeout=20):
+        pids = self._pids_named("libvirtd")
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not any(os.path.exists("/proc/%d" % p) for p in pids), timeout,
+                 what="libvirtd of %s to exit" % self.name)
+
+    def stop(self):
+        """Destroy the guests, stop every process in the namespace, remove nothing of the machine's."""
+        for proc in self.hostkvds:
+            proc.stop()
+        if self.keeper is not None and self.keeper.poll() is None:
+            try:
+                import libvirt
+                conn = libvirt.open(self.uri)
+                for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                    try:
+                        dom.destroy()
+                    except libvirt.libvirtError:
+                        pass
+                conn.close()
+            except Exception:  # noqa: BLE001 - libvirtd may already be gone; processes are killed below
+                pass
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                pids = self.ns_pids()
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
+                    time.sleep(0.05)
+            self.keeper.kill()
+            self.keeper.wait()
+        if self.keeper is not None:
+            for stream in (self.keeper.stdout, self.keeper.stderr):
+                if stream:
+                    stream.close()
+        self.keeper = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ------------------------------------------------------------ running things inside
+    def ns_prefix(self):
+        if self.keeper is None or self.keeper.poll() is not None:
+            raise HarnessError("host %s is not running" % self.name)
+        return ["nsenter", "-t", str(self.keeper.pid), "-m", "-u", "--"]
+
+    def run_in_ns(self, argv, timeout=60, **kwargs):
+        """subprocess.run ``argv`` inside the namespace (hostname and libvirt paths of this host)."""
+        return subprocess.run(self.ns_prefix() + list(argv), timeout=timeout, **kwargs)
+
+    def popen_in_ns(self, argv, **kwargs):
+        return subprocess.Popen(self.ns_prefix() + list(argv), **kwargs)
+
+    def start_hostkvd(self, config_text="", extra_args=(), wait=True):
+        """Start hostkvd inside the namespace with the libvirt source; returns a HostkvdProcess."""
+        conf = os.path.join(self.basedir, "hostkvd.conf")
+        with open(conf, "w") as f:
+            f.write(config_text)
+        log = os.path.join(self.basedir, "hostkvd-%d.log" % len(self.hostkvds))
+        argv = ["env", "PYTHONPATH=" + PYTHONPATH, "PYTHONUNBUFFERED=1", PYTHON, "-m", "hostkv.hostkvd",
+                "--config", conf, "--connect", "qemu:///system"] + list(extra_args)
+        logf = open(log, "ab")
+        proc = self.popen_in_ns(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        logf.close()
+        hk = HostkvdProcess(proc, log, self.control_socket)
+        self.hostkvds.append(hk)
+        if wait:
+            hk.wait_ready()
+        return hk
+
+    def hostkvctl(self, args, timeout=60, check=False):
+        """Run hostkvctl from outside against this host (its libvirt URI and control socket)."""
+        argv = [PYTHON, "-m", "hostkv.hostkvctl", "--connect", self.uri,
+                "--control-socket", self.control_socket] + list(args)
+        env = dict(os.environ, PYTHONPATH=PYTHONPATH)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        if check and res.returncode != 0:
+            raise HarnessError("hostkvctl %s failed (%d): %s%s" % (" ".join(args), res.returncode,
+                                                                  res.stdout, res.stderr))
+        return res
+
+
+class HostkvdProcess(object):
+    """A hostkvd started by the harness: ``log`` path, ``control_socket`` (outside path), ``stop()``."""
+
+    def __init__(self, proc, log, control_socket):
+        self.proc = proc
+        self.log = log
+        self.control_socket = control_socket
+
+    def wait_ready(self, timeout=20):
+        def ready():
+            if self.proc.poll() is not None:
+                raise HarnessError("hostkvd exited with %s:\n%s" % (self.proc.returncode, _tail(self.log)))
+            return os.path.exists(self.control_socket)
+        try:
+            wait_for(ready, timeout, what="hostkvd control socket")
+        except HarnessError as err:
+            raise HarnessError("%s\n%s" % (err, _tail(self.log)))
+
+    def log_text(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------- domains
+
+def domain_xml(name, kernel=None, initrd=None, cmdline="console=ttyS0 quiet panic=-1",
+               console_log=None, hostkv_channel=True, exec_channel=True, memory_mib=256,
+               domain_type="qemu", metadata_xml="", dom_uuid=None):
+    """XML of a test guest: direct kernel boot, serial console appended to ``console_log``."""
+    from xml.sax.saxutils import escape, quoteattr
+    boot = ""
+    if kernel:
+        boot = "<kernel>%s</kernel>" % escape(kernel)
+        if initrd:
+            boot += "<initrd>%s</initrd>" % escape(initrd)
+        boot += "<cmdline>%s</cmdline>" % escape(cmdline)
+    channels = ""
+    for enabled, port in ((hostkv_channel, HOSTKV_PORT), (exec_channel, TEST_EXEC_PORT)):
+        if enabled:
+            channels += ("<channel type='unix'><source mode='bind'/>"
+                         "<target type='virtio' name='%s'/></channel>" % port)
+    serial = ""
+    if console_log:
+        serial = ("<serial type='file'><source path=%s append='on'/><target port='0'/></serial>"
+                  % quoteattr(console_log))
+    return """<domain type='{dtype}'>
+  <name>{name}</name>
+  {uuid}
+  <memory unit='MiB'>{mem}</memory>
+  <vcpu>1</vcpu>
+  {metadata}
+  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
+  <features><acpi/></features>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    {serial}
+    {channels}
+    <memballoon model='none'/>
+  </devices>
+</domain>""".format(dtype=domain_type, name=escape(name), mem=memory_mib,
+                    uuid="<uuid>%s</uuid>" % dom_uuid if dom_uuid else "",
+                    metadata="<metadata>%s</metadata>" % metadata_xml if metadata_xml else "",
+                    boot=boot, serial=serial, channels=channels)
+
+
+def migrate(dom, dst_conn, timeout=120):
+    """Live-migrate ``dom`` to ``dst_conn`` (peer-less, over tcp://127.0.0.1); returns the new domain."""
+    import libvirt
+    flags = libvirt.VIR_MIGRATE_LIVE
+    return dom.migrate(dst_conn, flags, None, "tcp://127.0.0.1", 0)
+
+
+def make_world_readable_dir(prefix="hostkv-lv-"):
+    """A temp dir QEMU (user libvirt-qemu) can read and write files in (console logs, kernels)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o777)
+    return path
+
+
+if __name__ == "__main__":  # manual smoke test: python -m tests.harness.libvirt_hosts
+    base = tempfile.mkdtemp(prefix="hostkv-lvh-")
+    with LibvirtHost("a", os.path.join(base, "a")) as h:
+        c = h.open()
+        print(h.uri, c.getHostname(), c.getCapabilities().split("<uuid>")[1].split("<")[0])
+        c.close()
+    shutil.rmtree(base)
+    sys.exit(0)

@@ -1,0 +1,173 @@
+"""Fast unit tests of LibvirtSource against libvirt's in-process test driver (test:///default).
+
+A recording fake stands in for the daemon (the real daemon + real libvirtd + QEMU are covered by
+the other tests in this directory).  test:///default keeps its state per process and delivers
+lifecycle and metadata events, which is all the source needs.
+"""
+import asyncio
+import uuid as uuidlib
+
+import libvirt
+import pytest
+
+from hostkv.hostkvd import domain_xml
+from hostkv.hostkvd.sources import libvirt_source
+from hostkv.hostkvd.sources.libvirt_source import LibvirtSource
+
+URI = "test:///default"
+LOOP = asyncio.new_event_loop()   # libvirtaio binds to one loop per process: every test here uses it
+
+
+class FakeDaemon(object):
+    def __init__(self):
+        self.channels = {}      # key -> {"path", "values", "label"}
+        self.calls = []
+        self.host_id = None
+
+    def add_channel(self, key, path, vm_values=None, label=None):
+        self.calls.append(("add", key))
+        self.channels[key] = {"path": path, "values": dict(vm_values or {}), "label": label}
+
+    async def remove_channel(self, key):
+        self.calls.append(("remove", key))
+        self.channels.pop(key, None)
+
+    def set_vm_values(self, key, values):
+        self.channels[key]["values"] = dict(values)
+
+    def set_host_id(self, host_id):
+        self.host_id = host_id
+
+
+def guest_xml(name, channel=True, metadata="", path=None):
+    chan = ""
+    if channel:
+        chan = ("<channel type='unix'><source mode='bind' path='%s'/>"
+                "<target type='virtio' name='org.hostkv.0'/></channel>" % (path or "/tmp/%s.sock" % name))
+    meta = "<metadata>%s</metadata>" % metadata if metadata else ""
+    return ("<domain type='test'><name>%s</name><uuid>%s</uuid><memory>65536</memory>%s"
+            "<os><type>hvm</type></os><devices>%s</devices></domain>"
+            % (name, uuidlib.uuid4(), meta, chan))
+
+
+def meta(values, raw_extra=""):
+    return ("<hostkv:keys xmlns:hostkv='%s'>%s%s</hostkv:keys>"
+            % (domain_xml.NS, "".join("<hostkv:key name='%s'>%s</hostkv:key>" % kv for kv in values.items()),
+               raw_extra))
+
+
+async def until(pred, timeout=5.0):
+    deadline = LOOP.time() + timeout
+    while not pred():
+        if LOOP.time() > deadline:
+            raise AssertionError("condition not reached in %.1fs" % timeout)
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def env():
+    asyncio.set_event_loop(LOOP)
+    libvirt_source.ensure_event_impl(LOOP)
+    conn = libvirt.open(URI)
+    doms = []
+    daemon = FakeDaemon()
+    source = LibvirtSource(URI)
+    yield conn, doms, daemon, source
+    for d in doms:
+        try:
+            d.destroy()
+        except libvirt.libvirtError:
+            pass
+    conn.close()
+
+
+def run(coro):
+    return LOOP.run_until_complete(asyncio.wait_for(coro, 30))
+
+
+def test_serves_only_domains_with_the_channel_and_follows_events(env):
+    conn, doms, daemon, source = env
+    served = conn.createXML(guest_xml("hk-served", metadata=meta({"vm.role": "db"})), 0)
+    plain = conn.createXML(guest_xml("hk-plain", channel=False), 0)
+    doms += [served, plain]
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: served.UUIDString() in daemon.channels)
+        await source.idle()
+        ch = daemon.channels[served.UUIDString()]
+        assert ch == {"path": "/tmp/hk-served.sock", "values": {"vm.role": "db"}, "label": "hk-served"}
+        # never touches a domain without the channel
+        assert all(key != plain.UUIDString() for _op, key in daemon.calls)
+        # metadata change -> that guest's values
+        served.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                           domain_xml.metadata_element({"vm.role": "web", "vm.tier": "1"}),
+                           domain_xml.NS_PREFIX, domain_xml.NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        await until(lambda: ch_values() == {"vm.role": "web", "vm.tier": "1"})
+        # a new guest started later is picked up; destroy stops serving
+        late = conn.createXML(guest_xml("hk-late"), 0)
+        doms.append(late)
+        await until(lambda: late.UUIDString() in daemon.channels)
+        served.destroy()
+        await until(lambda: served.UUIDString() not in daemon.channels)
+        assert ("remove", served.UUIDString()) in daemon.calls
+        assert all(key != plain.UUIDString() for _op, key in daemon.calls)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    def ch_values():
+        return daemon.channels.get(served.UUIDString(), {}).get("values")
+
+    run(scenario())
+
+
+def test_bad_metadata_keys_are_left_out_not_fatal(env):
+    conn, doms, daemon, source = env
+    bad = meta({"vm.ok": "yes", "host.sneaky": "no", "vm.bad key": "x"}, "<hostkv:other/>")
+    dom = conn.createXML(guest_xml("hk-badmeta", metadata=bad), 0)
+    doms.append(dom)
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: dom.UUIDString() in daemon.channels)
+        assert daemon.channels[dom.UUIDString()]["values"] == {"vm.ok": "yes"}
+        assert "host.sneaky" in source.problems[dom.UUIDString()]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+def test_unusable_channel_is_reported_and_not_served(env):
+    conn, doms, daemon, source = env
+    xml = guest_xml("hk-pty", channel=False).replace(
+        "<devices>", "<devices><channel type='pty'><target type='virtio' name='org.hostkv.0'/></channel>")
+    dom = conn.createXML(xml, 0)
+    doms.append(dom)
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: dom.UUIDString() in source.problems)
+        await source.idle()
+        assert dom.UUIDString() not in daemon.channels
+        assert "only 'unix'" in source.problems[dom.UUIDString()]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+def test_unreachable_uri_retries_until_cancelled(env):
+    _conn, _doms, daemon, _source = env
+    source = LibvirtSource("qemu+unix:///system?socket=/nonexistent/libvirt-sock", backoff_min=0.01,
+                           backoff_max=0.05)
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert daemon.channels == {}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
