@@ -123,9 +123,9 @@ def _remove(xml, plan):
     import xml.etree.ElementTree as ET
     root = ET.fromstring(xml)
     devices = root.find("devices")
-    wanted = [ET.tostring(ET.fromstring(d), encoding="unicode") for _k, d in plan]
+    wanted = [dx._device_text(ET.fromstring(d)) for _k, d in plan]
     for dev in list(devices):
-        if ET.tostring(dev, encoding="unicode") in wanted:
+        if dx._device_text(dev) in wanted:
             devices.remove(dev)
     return ET.tostring(root, encoding="unicode")
 
