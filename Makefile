@@ -1,0 +1,11 @@
+# hostkv build entry points.  `make rpms` -> dist/hostkv-{agent,host}-V-R.noarch.rpm + dist/hostkv-V-R.src.rpm
+RELEASE ?= 1
+DIST ?= dist
+
+.PHONY: rpms clean
+
+rpms:
+	packaging/build-rpms.sh --dist $(DIST) --release $(RELEASE)
+
+clean:
+	rm -rf $(DIST)/hostkv-*.rpm build/agent-payload
