@@ -31,6 +31,7 @@ PENALTY_MAX = 60.0
 READ_CHUNK = 4096
 HIGH_WATER = 64 * 1024          # bytes of replies queued before we stop reading the guest
 MAX_ERRORS_PER_CONNECTION = 100
+CLOSE_FLUSH_TIMEOUT = 1.0       # seconds a closing guest gets to take the error frames that explain it
 REQUEST_RATE, REQUEST_BURST = 1000.0, 2000.0      # requests per second
 BYTE_RATE, BYTE_BURST = 1024 * 1024.0, 4 * 1024 * 1024.0
 
@@ -162,6 +163,7 @@ class Channel(object):
                 if out:
                     self._queue(out)
                 if self.session.errors >= MAX_ERRORS_PER_CONNECTION:
+                    await self._flush(CLOSE_FLUSH_TIMEOUT)
                     return True
                 delay = max(self._bytes.take(len(data)),
                             self._requests.take(self.session.requests - before))
@@ -179,6 +181,13 @@ class Channel(object):
                 pass
             writer.close()
             log.info("%s: disconnected from %s", self.label, self.path)
+
+    async def _flush(self, timeout):
+        """Give the queued replies (bounded by HIGH_WATER) up to ``timeout`` seconds to go out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def _queue(self, data):
         self._out.append(data)
