@@ -48,7 +48,9 @@ sed -e "s|@VERSION@|$version|g" -e "s|@RELEASE@|$release|g" \
     "$srcdir/packaging/hostkv.spec.in" > "$top/SPECS/hostkv.spec"
 
 # gzip payload and SHA-256 digests: readable by rpm on every EL from 8 on.
+# --dbpath: keep rpmbuild from creating an rpm database in $HOME (Debian's default is ~/.rpmdb).
 rpmbuild -ba --quiet \
+    --dbpath "$top/rpmdb" \
     --define "_topdir $top" \
     --define "_binary_payload w9.gzdio" \
     --define "_source_payload w9.gzdio" \

@@ -1,0 +1,507 @@
+"""hostkv's RPMs, built by the real rpmbuild and installed by the real rpm into scratch roots.
+
+Build once per module: release 1 through `make rpms`, release 2 from the same sources, release 3
+from a copy whose shipped hostkvd.conf changed (for the .rpmnew case).  Nothing touches the
+machine's own /usr, /etc or rpm database: installs go to `rpm --root <tmp>`, and the checks that
+need host paths (systemd-analyze, udevadm test, a chroot with scriptlets) run in private mount
+namespaces (`unshare -m`) with overlays.
+"""
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import rpms as rpmh
+from tests.harness.agent_payload import agent_payload_root
+
+REPO = rpmh.REPO
+VERSION = rpmh.version()
+AGENT_LIB = "/usr/lib/hostkv-agent"
+HOST_LIB = "/usr/lib/hostkv-host"
+CONF = "/etc/hostkv/hostkvd.conf"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def run(cmd, timeout=60, check=True, **kw):
+    """subprocess.run with text output; raises with the output when ``check`` and rc != 0."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s -> rc %d\nstdout:\n%s\nstderr:\n%s"
+                             % (cmd, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def rpmq(*args):
+    return run(["rpm"] + list(args)).stdout
+
+
+def file_list(rpm):
+    return set(rpmq("-qlp", str(rpm)).split())
+
+
+def file_flags(rpm):
+    """{path: fflags string} e.g. 'cn' for %config(noreplace), 'g' for %ghost, 'd' for %doc."""
+    out = rpmq("-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", str(rpm))
+    flags = {}
+    for line in out.splitlines():
+        parts = line.split(" ", 1)
+        if len(parts) == 2:
+            flags[parts[1]] = parts[0]
+        else:
+            flags[parts[0]] = ""
+    return flags
+
+
+def requires(rpm):
+    return [r.strip() for r in rpmq("-qp", "--requires", str(rpm)).splitlines() if r.strip()]
+
+
+def scriptlets(rpm):
+    """{'%post': body, ...} from the RPM header."""
+    out = {}
+    for tag, name in (("POSTIN", "%post"), ("PREUN", "%preun"), ("POSTUN", "%postun"),
+                      ("PREIN", "%pre"), ("POSTTRANS", "%posttrans")):
+        body = rpmq("-qp", "--qf", "%%{%s}" % tag, str(rpm))
+        out[name] = "" if body == "(none)" else body
+    return out
+
+
+def rpm_root(root, *args, check=True):
+    """rpm against a scratch root (its own database inside it); installs/erasures with --nodeps."""
+    nodeps = ["--nodeps"] if set(args) & {"-i", "-U", "-e"} else []
+    return run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm"] + nodeps + list(args),
+               check=check, timeout=120)
+
+
+def unshare_sh(script, timeout=60):
+    """Run ``script`` with sh in a private mount namespace (mounts vanish with it)."""
+    return run(["unshare", "-m", "--propagation", "private", "sh", "-ec", script],
+               timeout=timeout, check=False)
+
+
+def clean_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    return env
+
+
+def py_files(top):
+    top = Path(top)
+    return sorted(p.relative_to(top).as_posix() for p in top.rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+def parse_unit(path):
+    """{(section, key): [values]} of a systemd unit file (keys may repeat)."""
+    units, section = {}, None
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        units.setdefault((section, key.strip()), []).append(value.strip())
+    return units
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module", autouse=True)
+def rpm_home(tmp_path_factory):
+    """Debian's rpm keeps its database in ~/.rpmdb and creates it on any query: give it a temp HOME."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def built(rpm_home, tmp_path_factory):
+    """Release 1 built by `make rpms` into a temp dist dir."""
+    dist = tmp_path_factory.mktemp("dist1")
+    run(["make", "-s", "-C", str(REPO), "rpms", "DIST=%s" % dist, "RELEASE=1"], timeout=300)
+    return rpmh.find_rpms(dist)
+
+
+@pytest.fixture(scope="module")
+def built_r2(rpm_home, tmp_path_factory):
+    """Release 2 from the same sources (shipped config unchanged)."""
+    return rpmh.build_rpms(tmp_path_factory.mktemp("dist2"), release="2")
+
+
+@pytest.fixture(scope="module")
+def built_r3(rpm_home, tmp_path_factory):
+    """Release 3 from a copy of the sources whose shipped hostkvd.conf gained a line."""
+    src = tmp_path_factory.mktemp("src3")
+    for name in rpmh.PACKAGED_PATHS:
+        p = REPO / name
+        if p.is_dir():
+            shutil.copytree(str(p), str(src / name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(str(p), str(src / name))
+    conf = src / "packaging" / "config" / "hostkvd.conf"
+    conf.write_text(conf.read_text() + "# new default comment in release 3\n")
+    return rpmh.build_rpms(tmp_path_factory.mktemp("dist3"), release="3", srcdir=src)
+
+
+@pytest.fixture(scope="module")
+def installed(built, tmp_path_factory):
+    """A scratch root with both packages installed by rpm (scriptlets off: no shell in there)."""
+    root = tmp_path_factory.mktemp("root")
+    rpm_root(root, "--noscripts", "-i", str(built.agent), str(built.host))
+    return root
+
+
+# ----------------------------------------------------------------------------- build output
+
+def test_make_rpms_names_and_versions(built):
+    assert built.agent.name == "hostkv-agent-%s-1.noarch.rpm" % VERSION
+    assert built.host.name == "hostkv-host-%s-1.noarch.rpm" % VERSION
+    assert built.srpm.name == "hostkv-%s-1.src.rpm" % VERSION
+    for rpm, name in ((built.agent, "hostkv-agent"), (built.host, "hostkv-host")):
+        assert rpmq("-qp", "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}", str(rpm)) \
+            == "%s %s 1 noarch" % (name, VERSION)
+    # gzip payload: readable by rpm on EL8 as well as EL9/EL10
+    assert rpmq("-qp", "--qf", "%{PAYLOADCOMPRESSOR}", str(built.agent)) == "gzip"
+
+
+def test_agent_file_list(built):
+    files = file_list(built.agent)
+    lib = {f for f in files if f.startswith(AGENT_LIB + "/")}
+    expected_code = {"%s/hostkv/protocol.py" % AGENT_LIB} | {
+        "%s/hostkv/agent/%s" % (AGENT_LIB, p) for p in py_files(REPO / "guest_agent/hostkv/agent")}
+    assert expected_code <= lib, "missing: %s" % sorted(expected_code - lib)
+    assert {f for f in lib if f.endswith(".py")} == expected_code
+    assert not any("site-packages" in f or "dist-packages" in f for f in files)
+    assert "%s/hostkv/__init__.py" % AGENT_LIB not in files
+    assert not any(f.endswith((".pyc", ".pyo")) or "__pycache__" in f for f in files)
+    assert not any(f.startswith(HOST_LIB) or "hostkvd" in f for f in files)
+    others = files - lib - {AGENT_LIB}
+    assert others == {
+        "/usr/bin/hostkv", "/usr/sbin/hostkv-agent",
+        "/usr/lib/systemd/system/hostkv-agent.service",
+        "/usr/lib/udev/rules.d/90-hostkv-agent.rules",
+        "/usr/lib/tmpfiles.d/hostkv-agent.conf",
+        "/etc/hostkv", "/etc/hostkv/hooks.d", "/var/lib/hostkv", "/run/hostkv",
+        "/usr/share/doc/hostkv-agent-%s" % VERSION,
+        "/usr/share/doc/hostkv-agent-%s/README.md" % VERSION,
+    }
+    flags = file_flags(built.agent)
+    assert "g" in flags["/run/hostkv"]          # %ghost: created by tmpfiles, not the payload
+
+
+def test_host_file_list(built):
+    files = file_list(built.host)
+    lib = {f for f in files if f.startswith(HOST_LIB + "/")}
+    expected_code = {"%s/hostkv/protocol.py" % HOST_LIB}
+    for pkg in sorted((REPO / "host_service/hostkv").iterdir()):
+        if pkg.is_dir() and pkg.name != "__pycache__":
+            expected_code |= {"%s/hostkv/%s/%s" % (HOST_LIB, pkg.name, p) for p in py_files(pkg)}
+    assert "%s/hostkv/hostkvd/__main__.py" % HOST_LIB in expected_code
+    assert {f for f in lib if f.endswith(".py")} == expected_code
+    assert not any("site-packages" in f or "dist-packages" in f for f in files)
+    assert "%s/hostkv/__init__.py" % HOST_LIB not in files
+    assert not any(f.endswith((".pyc", ".pyo")) or "__pycache__" in f for f in files)
+    assert not any(f.startswith(AGENT_LIB) for f in files)
+    assert {"/usr/sbin/hostkvd", "/usr/sbin/hostkvctl", "/usr/lib/systemd/system/hostkvd.service",
+            CONF, "/etc/hostkv"} <= files
+    assert file_flags(built.host)[CONF] == "cn"      # %config(noreplace)
+
+
+def test_requires(built):
+    def packages(rpm):
+        return {r for r in requires(rpm) if not r.startswith(("rpmlib(", "/", "config("))}
+    assert packages(built.agent) == {"python3"}
+    assert packages(built.host) == {"python3", "python3-libvirt"}
+    # file dependencies only on the interpreters (scriptlets, wrappers' shebang)
+    for rpm in (built.agent, built.host):
+        assert {r for r in requires(rpm) if r.startswith("/")} == {"/bin/sh", "/usr/bin/python3"}
+
+
+def test_srpm_rebuilds_by_itself(built, tmp_path):
+    """The SRPM carries a spec with literal version/release: `rpmbuild --rebuild` reproduces."""
+    run(["rpmbuild", "--rebuild", "--quiet", "--define", "_topdir %s" % tmp_path, str(built.srpm)],
+        timeout=300)
+    rebuilt = sorted((tmp_path / "RPMS" / "noarch").glob("*.rpm"))
+    assert [p.name for p in rebuilt] == sorted([built.agent.name, built.host.name])
+    for new in rebuilt:
+        old = built.agent if new.name == built.agent.name else built.host
+        assert file_list(new) == file_list(old)
+
+
+def test_version_comes_from_version_file(built):
+    spec = rpmq("-qpl", str(built.srpm))
+    assert "hostkv-%s.tar.gz" % VERSION in spec.split()
+
+
+# ----------------------------------------------------------------------------- scriptlets
+
+def test_agent_scriptlets(built):
+    s = scriptlets(built.agent)
+    post, preun, postun, posttrans = s["%post"], s["%preun"], s["%postun"], s["%posttrans"]
+    assert "preset hostkv-agent.service" in post
+    assert re.search(r"systemctl enable hostkv-agent\.service", post)
+    assert re.search(r"-d /run/systemd/system \].*\n.*systemctl start hostkv-agent\.service", post)
+    assert "systemd-tmpfiles --create /usr/lib/tmpfiles.d/hostkv-agent.conf" in post
+    assert "udevadm control --reload" in post
+    assert ("udevadm trigger --subsystem-match=virtio-ports --attr-match=name=org.hostkv.0 "
+            "--action=add") in post
+    assert "disable --now hostkv-agent.service" in preun and "$1 -eq 0" in preun
+    assert "try-restart hostkv-agent.service" in postun and "$1 -ge 1" in postun
+    assert "compileall" in posttrans and AGENT_LIB in posttrans
+    for name, body in s.items():       # every scriptlet is valid sh
+        if body:
+            run(["sh", "-n", "-c", body])
+
+
+def test_host_scriptlets(built):
+    s = scriptlets(built.host)
+    assert "preset hostkvd.service" in s["%post"]
+    assert "enable" not in s["%post"].replace("preset", "")   # the admin enables hostkvd
+    assert "disable --now hostkvd.service" in s["%preun"]
+    assert "try-restart hostkvd.service" in s["%postun"]
+    assert "compileall" in s["%posttrans"] and HOST_LIB in s["%posttrans"]
+    for body in s.values():
+        if body:
+            run(["sh", "-n", "-c", body])
+
+
+def test_spec_prefers_the_distributions_systemd_macros(tmp_path):
+    """On EL systemd-rpm-macros defines %systemd_post etc.; the spec's fallbacks must then step aside."""
+    spec = tmp_path / "hostkv.spec"
+    spec.write_text((REPO / "packaging/hostkv.spec.in").read_text()
+                    .replace("@VERSION@", VERSION).replace("@RELEASE@", "1"))
+    out = run(["rpmspec", "-P", str(spec),
+               "--define", "systemd_post() DISTRO_POST %{?*}",
+               "--define", "systemd_preun() DISTRO_PREUN %{?*}",
+               "--define", "systemd_postun_with_restart() DISTRO_POSTUN %{?*}",
+               "--define", "_unitdir /distro/units"]).stdout
+    assert "DISTRO_POST hostkv-agent.service" in out and "DISTRO_POST hostkvd.service" in out
+    assert "DISTRO_PREUN hostkv-agent.service" in out and "DISTRO_POSTUN hostkvd.service" in out
+    assert "--no-reload preset" not in out                  # the fallback is gone
+    assert "/distro/units/hostkv-agent.service" in out
+
+
+# ----------------------------------------------------------------------------- units, udev, tmpfiles
+
+def test_units_pass_systemd_analyze_verify(installed):
+    """systemd-analyze verify against the host's unit set, with the scratch root's binaries
+    overlaid onto /usr/sbin in a private mount namespace (ExecStart must exist and be executable)."""
+    units = installed / "usr/lib/systemd/system"
+    proc = unshare_sh(
+        "mount -t overlay overlay -o lowerdir=%s:/usr/sbin /usr/sbin\n"
+        "test -x /usr/sbin/hostkv-agent && test -x /usr/sbin/hostkvd\n"
+        "exec systemd-analyze verify --man=no %s %s"
+        % (installed / "usr/sbin", units / "hostkv-agent.service", units / "hostkvd.service"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # verify exits 0 on "Unknown key ..., ignoring": any diagnostic is a failure here
+    assert proc.stdout.strip() == "" and proc.stderr.strip() == ""
+
+
+def test_units_catch_a_broken_unit(installed, tmp_path):
+    """The check above can fail: a typo in a copy of the unit is reported."""
+    bad = tmp_path / "hostkv-agent.service"
+    bad.write_text((installed / "usr/lib/systemd/system/hostkv-agent.service").read_text()
+                   .replace("ProtectSystem=strict", "ProtectSystem=strikt"))
+    proc = unshare_sh("mount -t overlay overlay -o lowerdir=%s:/usr/sbin /usr/sbin\n"
+                      "exec systemd-analyze verify --man=no %s" % (installed / "usr/sbin", bad))
+    assert "strikt" in proc.stderr
+
+
+def test_agent_unit_content(installed):
+    u = parse_unit(installed / "usr/lib/systemd/system/hostkv-agent.service")
+    assert u[("Service", "Type")] == ["simple"]
+    assert u[("Service", "Restart")] == ["always"]
+    assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkv-agent"]
+    assert u[("Service", "ProtectSystem")] == ["strict"]
+    assert set(" ".join(u[("Service", "ReadWritePaths")]).split()) == {"/run/hostkv", "/var/lib/hostkv"}
+    assert ("Service", "PrivateDevices") not in u      # it needs /dev/virtio-ports
+    assert u[("Install", "WantedBy")] == ["multi-user.target"]
+
+
+def test_host_unit_content(installed):
+    u = parse_unit(installed / "usr/lib/systemd/system/hostkvd.service")
+    assert "libvirtd.service" in " ".join(u[("Unit", "After")]).split()
+    assert "libvirtd.service" in " ".join(u[("Unit", "Wants")]).split()
+    for hard in ("Requires", "Requisite", "BindsTo", "PartOf"):
+        assert ("Unit", hard) not in u, "a broken libvirt must never block hostkvd"
+    assert u[("Service", "Restart")] == ["on-failure"]
+    assert u[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
+    assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkvd"]
+    assert u[("Install", "WantedBy")] == ["multi-user.target"]
+
+
+def test_udev_rule(installed, tmp_path):
+    rule_file = installed / "usr/lib/udev/rules.d/90-hostkv-agent.rules"
+    rules = [l for l in rule_file.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert len(rules) == 1
+    pairs = [p.strip() for p in rules[0].split(",")]
+    assert pairs == ['SUBSYSTEM=="virtio-ports"', 'ATTR{name}=="org.hostkv.0"', 'TAG+="systemd"',
+                     'ENV{SYSTEMD_WANTS}+="hostkv-agent.service"']
+    # Syntax check by udev itself (Debian 12's udevadm has no `verify`): `udevadm test` parses all
+    # rules files and names the file and line of any bad one.  Private namespace: our rule alone in
+    # /etc/udev/rules.d, a throwaway /run (udevadm test writes /run/udev/data).
+    rules_dir = tmp_path / "rules.d"
+    rules_dir.mkdir()
+    shutil.copy2(str(rule_file), str(rules_dir))
+    bad_dir = tmp_path / "bad.d"
+    bad_dir.mkdir()
+    (bad_dir / rule_file.name).write_text(rule_file.read_text().replace('TAG+="systemd"', 'TAG+="systemd" x'))
+    for d, want_ok in ((rules_dir, True), (bad_dir, False)):
+        proc = unshare_sh("mount -t tmpfs tmpfs /run\nmount --bind %s /etc/udev/rules.d\n"
+                          "exec udevadm test /sys/class/net/lo" % d, timeout=60)
+        ours = [l for l in (proc.stdout + proc.stderr).splitlines() if rule_file.name in l]
+        assert ours and ours[0].startswith("Reading rules file"), proc.stdout + proc.stderr
+        assert (ours[1:] == []) is want_ok, ours
+
+
+def test_tmpfiles_creates_the_dirs(installed, tmp_path):
+    """Real systemd-tmpfiles, applied to a temp root."""
+    conf = installed / "usr/lib/tmpfiles.d/hostkv-agent.conf"
+    run(["systemd-tmpfiles", "--create", "--root=%s" % tmp_path, str(conf)])
+    for d in ("run/hostkv", "var/lib/hostkv"):
+        st = (tmp_path / d).stat()
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0
+
+
+# ----------------------------------------------------------------------------- installed code runs
+
+@pytest.mark.parametrize("wrapper", ["usr/sbin/hostkvd", "usr/sbin/hostkvctl",
+                                     "usr/bin/hostkv", "usr/sbin/hostkv-agent"])
+def test_installed_wrapper_runs_from_its_private_lib(installed, wrapper, tmp_path):
+    """`python3 <root>/<wrapper> --help` and direct exec, without PYTHONPATH, from an unrelated cwd:
+    the code can only come from <root>/usr/lib/hostkv-*."""
+    path = installed / wrapper
+    assert os.access(str(path), os.X_OK)
+    assert path.read_text().splitlines()[0] == "#!/usr/bin/python3 -s"
+    for cmd in (["python3", str(path), "--help"], [str(path), "--help"]):
+        proc = run(cmd, cwd=str(tmp_path), env=clean_env(), check=False, timeout=30)
+        assert proc.returncode == 0, "%s: rc %d\n%s%s" % (cmd, proc.returncode, proc.stdout, proc.stderr)
+        assert "usage" in (proc.stdout + proc.stderr).lower()
+        assert "__main__.py" not in proc.stdout
+
+
+def test_installed_code_is_the_installed_copy(installed, tmp_path):
+    """The wrapper's sys.path starts with the scratch root's lib dir, not the checkout."""
+    for wrapper, lib in (("usr/sbin/hostkvd", HOST_LIB), ("usr/bin/hostkv", AGENT_LIB)):
+        probe = ("import runpy,sys\n"
+                 "runpy.run_module = lambda *a, **k: print(sys.path[0])\n"
+                 "sys.argv = [%r]\n"
+                 "exec(compile(open(%r).read(), %r, 'exec'), {'__name__': '__main__', '__file__': %r})\n"
+                 % ((str(installed / wrapper),) + (str(installed / wrapper),) * 3))
+        proc = run(["python3", "-c", probe], cwd=str(tmp_path), env=clean_env(), check=False)
+        assert proc.stdout.strip() == str(installed) + lib, proc.stdout + proc.stderr
+
+
+def test_shipped_config_is_valid_and_only_comments(installed):
+    from hostkv.hostkvd import config
+    text = (installed / CONF.lstrip("/")).read_text()
+    cfg = config.parse(text, CONF)
+    assert cfg.host_values == {} and cfg.host_id is None and cfg.publish_hostname is True
+    assert all(not l.strip() or l.lstrip().startswith("#") for l in text.splitlines())
+
+
+# ----------------------------------------------------------------------------- upgrades
+
+EDIT = "[host]\nhost.rack = r12-admin-edit\n"
+
+
+def _conf(root):
+    return (root / CONF.lstrip("/")).read_text()
+
+
+def test_edited_config_survives_upgrade_and_rpmnew(built, built_r2, built_r3, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    rpm_root(root, "--noscripts", "-i", str(built.host))
+    shipped = _conf(root)
+    (root / CONF.lstrip("/")).write_text(shipped + EDIT)
+
+    # same shipped config in release 2: the admin's file stays, no .rpmnew
+    rpm_root(root, "--noscripts", "-U", str(built_r2.host))
+    assert rpm_root(root, "-q", "hostkv-host").stdout.strip() == "hostkv-host-%s-2.noarch" % VERSION
+    assert _conf(root) == shipped + EDIT
+    assert not (root / (CONF.lstrip("/") + ".rpmnew")).exists()
+
+    # changed shipped config in release 3: the admin's file stays, the new default is .rpmnew
+    proc = rpm_root(root, "--noscripts", "-U", str(built_r3.host))
+    assert _conf(root) == shipped + EDIT
+    rpmnew = root / (CONF.lstrip("/") + ".rpmnew")
+    assert rpmnew.read_text() == shipped + "# new default comment in release 3\n"
+    assert "created as %s.rpmnew" % CONF in proc.stdout + proc.stderr
+
+    from hostkv.hostkvd import config
+    assert config.parse(_conf(root), CONF).host_values == {"host.rack": "r12-admin-edit"}
+
+    # erase keeps the edit as .rpmsave
+    rpm_root(root, "--noscripts", "-e", "hostkv-host")
+    assert (root / (CONF.lstrip("/") + ".rpmsave")).read_text() == shipped + EDIT
+    assert not (root / CONF.lstrip("/")).exists()
+
+
+def test_unedited_config_follows_upgrade(built, built_r3, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    rpm_root(root, "--noscripts", "-i", str(built.host))
+    rpm_root(root, "--noscripts", "-U", str(built_r3.host))
+    assert _conf(root).endswith("# new default comment in release 3\n")
+    assert not (root / (CONF.lstrip("/") + ".rpmnew")).exists()
+
+
+def test_scriptlets_run_for_real_in_a_chroot(built, built_r2, tmp_path):
+    """Install/upgrade/erase hostkv-agent WITH scriptlets into an overlay of this machine's / (the
+    chroot then has sh, systemctl, systemd-tmpfiles, python3); systemd does not run in it, so
+    %post enables (offline symlink) without starting, and %posttrans byte-compiles."""
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    wants = "etc/systemd/system/multi-user.target.wants/hostkv-agent.service"
+    pyc = "usr/lib/hostkv-agent/hostkv/__pycache__"
+    rpmq = "rpm --root {m} --dbpath /var/lib/rpm-hostkv-test".format(m=merged)
+    rpm = rpmq + " --nodeps"
+    script = """
+mount -t overlay overlay -o lowerdir=/,upperdir={u},workdir={w} {m}
+mount --rbind /dev {m}/dev
+mount -t proc proc {m}/proc
+mount -t tmpfs tmpfs {m}/run
+mount -t tmpfs tmpfs {m}/tmp
+{rpm} -i {a1}
+echo "installed: wants=$(readlink {m}/{wants}) pyc=$(ls {m}/{pyc} | grep -c 'protocol\\..*pyc') run=$(stat -c %a {m}/run/hostkv)"
+{rpm} -U {a2}
+echo "upgraded: $({rpmq} -q hostkv-agent) wants=$(readlink {m}/{wants}) pyc=$(ls {m}/{pyc} | grep -c 'protocol\\..*pyc')"
+{rpm} -e hostkv-agent
+echo "erased: wants=$(test -e {m}/{wants} && echo yes || echo no) lib=$(test -e {m}/usr/lib/hostkv-agent && echo yes || echo no)"
+""".format(u=upper, w=work, m=merged, rpm=rpm, rpmq=rpmq, a1=built.agent, a2=built_r2.agent, wants=wants, pyc=pyc)
+    proc = unshare_sh(script, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    unit = r"(/usr)?/lib/systemd/system/hostkv-agent\.service"   # Debian's systemctl says /lib
+    assert re.fullmatch(r"installed: wants=%s pyc=1 run=755" % unit, lines[0]), proc.stdout
+    assert re.fullmatch(r"upgraded: hostkv-agent-%s-2\.noarch wants=%s pyc=1" % (re.escape(VERSION), unit),
+                        lines[1]), proc.stdout
+    assert lines[2] == "erased: wants=no lib=no", proc.stdout
+    # the machine's own / was not touched (everything went to the overlay's upper dir)
+    assert not Path("/usr/lib/hostkv-agent").exists() and not Path("/" + wants).exists()
+    assert (upper / "usr/lib/hostkv-agent").exists() is False
+
+
+# ----------------------------------------------------------------------------- harness
+
+def test_agent_payload_root(built):
+    root = agent_payload_root(built.agent.parent)
+    for rel in ("usr/sbin/hostkv-agent", "usr/bin/hostkv", "usr/lib/hostkv-agent/hostkv/protocol.py",
+                "usr/lib/systemd/system/hostkv-agent.service", "usr/lib/udev/rules.d/90-hostkv-agent.rules",
+                "usr/lib/tmpfiles.d/hostkv-agent.conf", "etc/hostkv/hooks.d", "var/lib/hostkv"):
+        assert (root / rel).exists(), rel
+    assert os.access(str(root / "usr/sbin/hostkv-agent"), os.X_OK)
+    assert not (root / "usr/lib/hostkv-agent/hostkv/__init__.py").exists()
+    assert agent_payload_root(built.agent.parent) == root        # cached
