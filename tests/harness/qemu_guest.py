@@ -1,0 +1,601 @@
+"""A real QEMU test guest (the image from guest_image.py) driven over QMP and the test exec port.
+
+Contract (everything has a timeout; every failure message ends with the guest console's tail):
+  * ``guest = QemuGuest(workdir, channel_path, incoming=None, **options)``; ``guest.start()``
+    launches qemu-system-x86_64 (accelerator from accel.py, -m 256, -cpu max, -nodefaults,
+    -no-reboot, direct kernel boot) and connects QMP; ``guest.wait_ready(timeout=60)`` returns the
+    seconds from start() until the guest's exec server answered (the boot time).
+  * Devices: one virtio-serial controller ``vser0`` with
+      - ``org.hostkv.0`` (nr=1): chardev SOCKET SERVER at ``channel_path`` (server=on, wait=off;
+        hostkvd connects as a client, like with libvirt).  ``channel_path=None``: NO hostkv port
+        (retrofit tests; add it later with ``hotplug_port``).
+      - ``org.hostkv.test.0`` (nr=2): the test exec port, socket ``guest.exec_path``.
+    a virtio-blk state disk (ext2, mounted on /var/lib/hostkv by the guest's init) unless
+    ``state_disk=None``; default ``<workdir>/state.img``, created if missing and kept by stop(),
+    so a new QemuGuest on the same disk is a "reboot" that keeps the agent's cache;
+    optional user-mode networking (``user_net=True``, restrict=on, guest 10.0.2.15, plus
+    ``guestfwd=[(guest_ip, guest_port, 'unix:PATH' or 'tcp:127.0.0.1:PORT')]``).
+  * ``guest.exec(argv_or_sh, timeout=60, stdin=None, check=False) -> (rc, stdout, stderr)``: a list
+    runs argv, a str runs ``sh -c``.  ``check=True`` raises GuestError when rc != 0.
+  * ``guest.console_tail(lines=60)``, ``guest.console_path``, ``guest.qmp(cmd, **args)``,
+    ``guest.events(name=None)`` (QMP events seen, with a ``"t"`` monotonic receive time),
+    ``guest.hotplug_port(name, socket_path)`` / ``guest.unplug_port(name)``,
+    ``guest.stop(sync=True)`` (best-effort ``sync`` in the guest, QMP quit, then SIGKILL; idempotent;
+    also a context manager).  ``guest.ports`` lists the virtio-serial ports (for migration).
+  * Options: ``name`` (file name prefix, default "guest"), ``image`` (a GuestImage; default
+    build_guest_image()), ``hostname`` (guest host name), ``noagent`` (kernel ``hostkv.noagent=1``),
+    ``memory_mib``, ``console_path``, ``cmdline_extra``, ``extra_args``, ``max_lifetime`` (s; QEMU
+    is killed after it, default 1800).
+  * Only unix sockets: QMP, exec and migration sockets live in ``workdir`` (or, if that path is
+    too long for a unix socket, in a private short temp dir), so several guests and migrations can
+    run in one test without races.  Every live QEMU is killed at interpreter exit.
+"""
+
+import asyncio
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+
+from tests.harness import accel
+from tests.harness.guest_image import build_guest_image
+
+HOSTKV_PORT = "org.hostkv.0"
+EXEC_PORT = "org.hostkv.test.0"
+QEMU = os.environ.get("HOSTKV_TEST_QEMU", "qemu-system-x86_64")
+_SUN_PATH_MAX = 107
+_live = weakref.WeakSet()
+
+
+class GuestError(RuntimeError):
+    """Something about the test guest failed; the message includes the console tail."""
+
+
+def _kill_all_at_exit():
+    for g in list(_live):
+        try:
+            g._kill()
+        except Exception:
+            pass
+
+
+atexit.register(_kill_all_at_exit)
+
+
+def make_state_disk(path, size_mib=16):
+    """Create an ext2 image at ``path`` (host-side mke2fs; no root needed) if it does not exist."""
+    if os.path.exists(path):
+        return path
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.truncate(size_mib * 1024 * 1024)
+    res = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-L", "hostkv-state", tmp],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    if res.returncode != 0:
+        os.unlink(tmp)
+        raise GuestError("mke2fs %s failed: %s" % (path, res.stdout.decode(errors="replace")))
+    os.rename(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- QMP (sync facade)
+
+class QmpConnection(object):
+    """Synchronous QMP over qemu.qmp's asyncio QMPClient, on a private event loop thread.
+
+    Safe to use from code that runs its own asyncio loop.  ``events`` collects every event
+    as a dict with an extra ``"t"`` (time.monotonic() when received).
+    """
+
+    def __init__(self, path, timeout=30):
+        from qemu.qmp import QMPClient
+        self.timeout = timeout
+        self.events = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qmp-" + path,
+                                        daemon=True)
+        self._thread.start()
+
+        async def make():
+            return QMPClient(os.path.basename(path))
+        self._client = self._call(make())
+        try:
+            self._call(self._client.connect(path))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self._pump = asyncio.run_coroutine_threadsafe(self._collect(), self._loop)
+
+    async def _collect(self):
+        async for ev in self._client.events:
+            rec = dict(ev)
+            rec["t"] = time.monotonic()
+            self.events.append(rec)
+
+    def _call(self, coro, timeout=None):
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout or self.timeout)
+        except BaseException:
+            fut.cancel()
+            raise
+
+    def cmd(self, name, timeout=None, **args):
+        """Execute QMP command ``name`` (arguments as keywords, '-' spelled '_' NOT translated:
+        pass a dict via ``**{'x-y': 1}``) and return its ``return`` value; raises on error."""
+        return self._call(self._client.execute(name, args or None), timeout)
+
+    def close(self):
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._client.disconnect(), 5)
+        except Exception:
+            pass
+        self._stop_loop()
+
+    def _stop_loop(self):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+# ---------------------------------------------------------------- exec channel (host side)
+
+class ExecClient(object):
+    """Host end of the test exec port: a client of QEMU's (or libvirt's) chardev socket.
+
+    ``request(obj, timeout)`` sends one request line and returns the reply with the same id.
+    ``reconnect(path)`` switches to another socket (e.g. the migration destination's).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._sock = None
+        self._buf = b""
+        self._next_id = 1
+
+    def connect(self, timeout=10):
+        self.close()
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+                break
+            except OSError as err:
+                s.close()
+                last = err
+                if time.monotonic() > deadline:
+                    raise GuestError("cannot connect exec socket %s: %s" % (self.path, last))
+                time.sleep(0.05)
+        self._sock = s
+        self._buf = b""
+        s.sendall(b"\n")        # resynchronise framing after any earlier connection
+
+    def reconnect(self, path, timeout=10):
+        self.path = path
+        self.connect(timeout)
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def request(self, obj, timeout):
+        """Send ``obj`` (an id is added) and wait up to ``timeout`` s for its reply.
+
+        Raises GuestError on timeout or if the connection drops; socket.timeout is never leaked.
+        """
+        if self._sock is None:
+            self.connect()
+        rid = "r%d" % self._next_id
+        self._next_id += 1
+        obj = dict(obj, id=rid)
+        self._sock.sendall((json.dumps(obj) + "\n").encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                try:
+                    reply = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    continue
+                if reply.get("id") == rid:
+                    return reply
+                if reply.get("id") is None and "error" in reply:
+                    raise GuestError("exec server refused a request: %s" % reply["error"])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestError("no reply from the guest exec server within %.0f s" % timeout)
+            self._sock.settimeout(min(left, 1.0))
+            try:
+                data = self._sock.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError as err:
+                self.close()
+                raise GuestError("exec connection failed: %s" % err)
+            if not data:
+                self.close()
+                raise GuestError("exec socket %s closed by QEMU" % self.path)
+            self._buf += data
+
+
+def _exec_request(argv_or_sh, timeout, stdin=None, env=None):
+    if isinstance(argv_or_sh, str):
+        req = {"sh": argv_or_sh}
+    elif isinstance(argv_or_sh, (list, tuple)) and argv_or_sh \
+            and all(isinstance(a, str) for a in argv_or_sh):
+        req = {"cmd": list(argv_or_sh)}
+    else:
+        raise TypeError("exec needs a shell string or a non-empty list of str, not %r"
+                        % (argv_or_sh,))
+    req["timeout"] = timeout
+    if stdin is not None:
+        req["stdin"] = stdin
+    if env:
+        req["env"] = dict(env)
+    return req
+
+
+# ---------------------------------------------------------------- the guest
+
+class Port(object):
+    """A virtio-serial port of a guest: ``name``, ``nr`` (fixed), ``socket_path`` (host side)."""
+
+    def __init__(self, name, nr, socket_path, hotplugged=False):
+        self.name = name
+        self.nr = nr
+        self.socket_path = socket_path
+        self.hotplugged = hotplugged
+
+    def ids(self):
+        return "chr%d" % self.nr, "port%d" % self.nr
+
+
+class QemuGuest(object):
+    """One QEMU process running the test guest.  See the module docstring for the contract."""
+
+    def __init__(self, workdir, channel_path, incoming=None, name="guest", image=None,
+                 state_disk="default", hostname="hostkv-guest", noagent=False, memory_mib=256,
+                 console_path=None, user_net=False, guestfwd=(), cmdline_extra="",
+                 extra_args=(), max_lifetime=1800, ports=None):
+        if not os.path.isdir(workdir):
+            raise GuestError("workdir %r does not exist" % workdir)
+        self.workdir = os.path.abspath(workdir)
+        self.name = name
+        self.image = image
+        self.incoming = incoming
+        self.hostname = hostname
+        self.noagent = noagent
+        self.memory_mib = memory_mib
+        self.user_net = user_net or bool(guestfwd)
+        self.guestfwd = list(guestfwd)
+        self.cmdline_extra = cmdline_extra
+        self.extra_args = list(extra_args)
+        self.max_lifetime = max_lifetime
+        self.console_path = console_path or os.path.join(self.workdir, name + "-console.log")
+        self.qemu_log = os.path.join(self.workdir, "%s-qemu.log" % name)
+        if state_disk == "default":
+            state_disk = os.path.join(self.workdir, "state.img")
+        self.state_disk = state_disk
+        self._private_sockdir = None
+        self.sockdir = self._choose_sockdir()
+        self.qmp_path = os.path.join(self.sockdir, name + ".qmp")
+        self.exec_path = os.path.join(self.sockdir, name + ".exec")
+        if ports is not None:       # a migration destination: same ports, new socket paths
+            self.ports = ports
+        else:
+            self.ports = []
+            if channel_path:
+                self.ports.append(Port(HOSTKV_PORT, 1, channel_path))
+            self.ports.append(Port(EXEC_PORT, 2, self.exec_path))
+        for p in self.ports:
+            if p.name == EXEC_PORT:
+                p.socket_path = self.exec_path
+            self._check_sun_path(p.socket_path)
+        self.proc = None
+        self._qmp = None
+        self._exec = ExecClient(self.exec_path)
+        self._watchdog = None
+        self.started_at = None
+        self.ready_at = None
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def channel_path(self):
+        """Host-side socket of org.hostkv.0, or None if the guest has no such port."""
+        for p in self.ports:
+            if p.name == HOSTKV_PORT:
+                return p.socket_path
+        return None
+
+    def _choose_sockdir(self):
+        probe = os.path.join(self.workdir, self.name + ".exec-migrate-99")
+        if len(probe) <= _SUN_PATH_MAX:
+            return self.workdir
+        self._private_sockdir = tempfile.mkdtemp(prefix="hkvq-")
+        return self._private_sockdir
+
+    @staticmethod
+    def _check_sun_path(path):
+        if len(path) > _SUN_PATH_MAX:
+            raise GuestError("unix socket path is %d bytes, the limit is %d: %s"
+                             % (len(path), _SUN_PATH_MAX, path))
+
+    # ------------------------------------------------------------ command line
+
+    def _argv(self):
+        img = self.image
+        cmdline = "console=ttyS0 quiet panic=-1 hostkv.hostname=%s" % self.hostname
+        if self.noagent:
+            cmdline += " hostkv.noagent=1"
+        if self.cmdline_extra:
+            cmdline += " " + self.cmdline_extra
+        argv = [QEMU, "-name", "hostkv-test-" + self.name] + accel.qemu_accel_args() + [
+            "-machine", "pc", "-cpu", "max", "-smp", "1", "-m", str(self.memory_mib),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", img.kernel, "-initrd", img.initrd, "-append", cmdline,
+            "-chardev", "file,id=con0,path=%s,append=on" % self.console_path,
+            "-serial", "chardev:con0",
+            "-chardev", "socket,id=qmp0,path=%s,server=on,wait=off" % self.qmp_path,
+            "-mon", "chardev=qmp0,mode=control",
+            "-device", "virtio-serial-pci,id=vser0,max_ports=16",
+        ]
+        for p in self.ports:
+            chr_id, dev_id = p.ids()
+            argv += ["-chardev", "socket,id=%s,path=%s,server=on,wait=off" % (chr_id, p.socket_path),
+                     "-device", "virtserialport,bus=vser0.0,nr=%d,chardev=%s,name=%s,id=%s"
+                     % (p.nr, chr_id, p.name, dev_id)]
+        if self.state_disk:
+            argv += ["-drive", "file=%s,format=raw,if=none,id=state0,cache=writeback"
+                     % self.state_disk, "-device", "virtio-blk-pci,drive=state0,id=statedisk"]
+        if self.user_net:
+            netdev = "user,id=net0,restrict=on"
+            for ip, port, target in self.guestfwd:
+                netdev += ",guestfwd=tcp:%s:%d-%s" % (ip, port, target)
+            argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]
+        if self.incoming:
+            argv += ["-incoming", self.incoming]
+        return argv + self.extra_args
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, timeout=30):
+        """Launch QEMU and connect QMP (does not wait for the boot: see wait_ready())."""
+        if self.proc is not None:
+            raise GuestError("guest %s already started" % self.name)
+        if self.image is None:
+            self.image = build_guest_image()
+        if self.state_disk and not self.incoming:
+            make_state_disk(self.state_disk)
+        for p in [self.qmp_path] + [p.socket_path for p in self.ports]:
+            if os.path.lexists(p):
+                os.unlink(p)
+        argv = self._argv()
+        with open(self.qemu_log, "ab") as log:
+            log.write(("\n=== %s %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
+            log.flush()
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        _live.add(self)
+        if self.max_lifetime:
+            self._watchdog = threading.Timer(self.max_lifetime, self._kill)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive("while waiting for QMP")
+            if os.path.exists(self.qmp_path):
+                try:
+                    self._qmp = QmpConnection(self.qmp_path)
+                    break
+                except Exception as err:
+                    last = err
+            else:
+                last = "no socket yet"
+            if time.monotonic() > deadline:
+                self._kill()
+                raise GuestError(self._with_tail("QMP of %s not reachable within %d s: %s"
+                                                 % (self.name, timeout, last)))
+            time.sleep(0.05)
+        return self
+
+    def wait_ready(self, timeout=60):
+        """Wait until the guest's exec server answers; return seconds since start()."""
+        if self.proc is None:
+            raise GuestError("guest %s not started" % self.name)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive("while booting")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestError(self._with_tail("guest %s not ready within %d s"
+                                                 % (self.name, timeout)))
+            try:
+                if self._exec._sock is None:
+                    self._exec.connect(timeout=min(left, 5))
+                reply = self._exec.request({"op": "ping"}, timeout=min(left, 2))
+                if reply.get("pong"):
+                    self.ready_at = time.monotonic()
+                    return self.ready_at - self.started_at
+            except GuestError:
+                pass    # not booted yet (the request waits in the socket) or reconnecting
+
+    def exec(self, argv_or_sh, timeout=60, stdin=None, check=False, env=None):
+        """Run a command in the guest; return (rc, stdout, stderr).  See the module docstring."""
+        req = _exec_request(argv_or_sh, timeout, stdin, env)
+        self._check_alive("before exec")
+        try:
+            reply = self._exec.request(req, timeout + 15)
+        except GuestError as err:
+            self._exec.close()
+            raise GuestError(self._with_tail("exec %r in %s: %s" % (argv_or_sh, self.name, err)))
+        if "error" in reply:
+            raise GuestError(self._with_tail("exec %r refused: %s" % (argv_or_sh, reply["error"])))
+        result = (reply["rc"], reply.get("stdout", ""), reply.get("stderr", ""))
+        if reply.get("timed_out"):
+            raise GuestError(self._with_tail("exec %r timed out after %s s in the guest;\n"
+                                             "stdout: %s\nstderr: %s" % (argv_or_sh, timeout,
+                                                                          result[1], result[2])))
+        if check and result[0] != 0:
+            raise GuestError(self._with_tail("exec %r exited %d\nstdout: %s\nstderr: %s"
+                                             % ((argv_or_sh,) + result)))
+        return result
+
+    def reconnect_exec(self, timeout=10):
+        """Reconnect the exec channel (to this guest's exec socket)."""
+        self._exec.reconnect(self.exec_path, timeout)
+
+    def qmp(self, cmd, **args):
+        """Execute a QMP command; return its result (qemu.qmp raises ExecuteError on error)."""
+        if self._qmp is None:
+            raise GuestError("guest %s has no QMP connection" % self.name)
+        return self._qmp.cmd(cmd, **args)
+
+    def events(self, name=None):
+        """QMP events received so far (optionally only those called ``name``)."""
+        evs = list(self._qmp.events) if self._qmp else []
+        return [e for e in evs if name is None or e.get("event") == name]
+
+    def wait_event(self, name, timeout=30, since=0):
+        """Wait for QMP event ``name`` received at/after monotonic time ``since``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events(name):
+                if e["t"] >= since:
+                    return e
+            self._check_alive("waiting for event %s" % name)
+            if time.monotonic() > deadline:
+                raise GuestError(self._with_tail("no %s event within %d s" % (name, timeout)))
+            time.sleep(0.02)
+
+    def is_running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # ------------------------------------------------------------ hot-plug
+
+    def hotplug_port(self, name, socket_path):
+        """chardev-add a unix socket SERVER at ``socket_path`` + device_add a virtserialport
+        called ``name``.  Returns the Port.  The guest sees a new /sys/class/virtio-ports/* entry."""
+        self._check_sun_path(socket_path)
+        if any(p.name == name for p in self.ports):
+            raise GuestError("guest %s already has a port named %s" % (self.name, name))
+        nr = max([p.nr for p in self.ports] + [2]) + 1
+        port = Port(name, nr, socket_path, hotplugged=True)
+        chr_id, dev_id = port.ids()
+        if os.path.lexists(socket_path):
+            os.unlink(socket_path)
+        self.qmp("chardev-add", id=chr_id, backend={
+            "type": "socket", "data": {"addr": {"type": "unix", "data": {"path": socket_path}},
+                                       "server": True, "wait": False}})
+        self.qmp("device_add", driver="virtserialport", bus="vser0.0", nr=nr, chardev=chr_id,
+                 name=name, id=dev_id)
+        self.ports.append(port)
+        return port
+
+    def unplug_port(self, name, timeout=30):
+        """device_del the port called ``name`` (waits for DEVICE_DELETED), then chardev-remove."""
+        port = [p for p in self.ports if p.name == name]
+        if not port:
+            raise GuestError("guest %s has no port named %s" % (self.name, name))
+        port = port[0]
+        chr_id, dev_id = port.ids()
+        t0 = time.monotonic()
+        self.qmp("device_del", id=dev_id)
+        deadline = t0 + timeout
+        while not any(e.get("data", {}).get("device") == dev_id
+                      for e in self.events("DEVICE_DELETED") if e["t"] >= t0):
+            if time.monotonic() > deadline:
+                raise GuestError(self._with_tail("port %s not deleted within %d s" % (name, timeout)))
+            time.sleep(0.02)
+        self.qmp("chardev-remove", id=chr_id)
+        self.ports.remove(port)
+
+    # ------------------------------------------------------------ teardown & diagnostics
+
+    def stop(self, sync=True, timeout=15):
+        """Stop QEMU: optional ``sync`` in the guest, QMP quit, SIGKILL after ``timeout``."""
+        if self.proc is not None and self.proc.poll() is None:
+            if sync and self._exec._sock is not None:
+                try:
+                    self._exec.request(_exec_request(["sync"], 5), 8)
+                except Exception:
+                    pass
+            try:
+                if self._qmp is not None:
+                    self._qmp.cmd("quit", timeout=5)
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+
+    def _kill(self):
+        """Kill QEMU now and release everything (idempotent)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._exec.close()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        _live.discard(self)
+        if self._private_sockdir:
+            shutil.rmtree(self._private_sockdir, ignore_errors=True)
+            self._private_sockdir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def console_tail(self, lines=60):
+        """The last ``lines`` lines of the guest console (a str, '' if none yet)."""
+        return _tail(self.console_path, lines)
+
+    def _check_alive(self, what):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise GuestError(self._with_tail("QEMU (%s) exited with status %s %s"
+                                             % (self.name, self.proc.returncode, what)))
+
+    def _with_tail(self, msg):
+        return "%s\n--- qemu log (%s) ---\n%s\n--- console tail (%s) ---\n%s" % (
+            msg, self.qemu_log, _tail(self.qemu_log, 10), self.console_path, self.console_tail())
+
+
+def _tail(path, lines):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
