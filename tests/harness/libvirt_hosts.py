@@ -12,11 +12,13 @@ Contract:
     namespace, e.g. a channel socket from the live XML, as reachable from outside).
   * Inside: ``host.run_in_ns(argv)`` / ``host.popen_in_ns(argv)`` run a command in the namespace
     (same host name, same /var/lib/libvirt paths); ``host.start_hostkvd(config_text)`` starts hostkvd
-    there (libvirt source, control socket ``host.control_socket`` as seen from outside) and returns
-    a :class:`HostkvdProcess`; ``host.hostkvctl(args)`` runs hostkvctl against this host.
+    there (libvirt source; control socket ``host.control_socket``) and returns a started
+    hostkvd_proc.HostkvdProcess; ``host.hostkvctl(args)`` runs hostkvctl against this host.
   * ``host.restart_libvirtd()`` stops libvirtd (QEMU guests keep running) and starts it again.
-  * ``define_guest(conn, name, ...)`` / ``domain_xml(...)`` build the test domains: direct kernel
-    boot, console to a file (append='on'), the hostkv channel and the test exec channel.
+  * ``start_guest(host, name, image, workdir)`` -> :class:`LibvirtGuest` (``wait_booted()``,
+    ``key(k)``, ``wait_key(k, v)``, ``exec.run(sh=...)``; ``guest.host`` = where it runs now);
+    ``domain_xml(...)``: direct kernel boot, console to a file (append='on'), the hostkv channel
+    and the test exec channel.
   * ``migrate(dom, dst_conn)`` live-migrates over tcp://127.0.0.1.
 
 Every failure to start raises :class:`HarnessError` with the daemon's log tail: tests fail loudly.
@@ -112,6 +114,7 @@ class LibvirtHost(object):
         self.host_uuid = host_uuid or str(uuid.uuid5(uuid.NAMESPACE_DNS, self.hostname + ".hostkv.test"))
         self.keeper = None
         self.hostkvds = []
+        self.control_socket = os.path.join(self.run_dir, "hostkv", "hostkvd.sock")  # the default inside
 
     # ------------------------------------------------------------ paths
     @property
@@ -125,11 +128,6 @@ class LibvirtHost(object):
     @property
     def uri(self):
         return "qemu+unix:///system?socket=%s" % self.libvirt_socket
-
-    @property
-    def control_socket(self):
-        """hostkvd's control socket (default path /run/hostkv/hostkvd.sock inside) seen from outside."""
-        return os.path.join(self.run_dir, "hostkv", "hostkvd.sock")
 
     @property
     def libvirtd_log(self):
@@ -219,6 +217,14 @@ class LibvirtHost(object):
         finally:
             conn.close()
 
+    @property
+    def conn(self):
+        """A libvirt connection to this host kept for the harness (reopened after libvirtd restarts)."""
+        c = getattr(self, "_conn", None)
+        if c is None or not c.isAlive():
+            self._conn = c = self.open()
+        return c
+
     def open(self):
         """A new libvirt connection to this host (caller closes it)."""
         import libvirt
@@ -262,6 +268,12 @@ class LibvirtHost(object):
         self._start_libvirtd(timeout)
 
     def stop_libvirtd(self, timeout=20):
+        c, self._conn = getattr(self, "_conn", None), None
+        if c is not None:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
         pids = self._pids_named("libvirtd")
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
@@ -272,6 +284,7 @@ class LibvirtHost(object):
         """Destroy the guests, stop every process in the namespace, remove nothing of the machine's."""
         for proc in self.hostkvds:
             proc.stop()
+        self._conn = None
         if self.keeper is not None and self.keeper.poll() is None:
             try:
                 import libvirt
@@ -321,23 +334,20 @@ class LibvirtHost(object):
     def popen_in_ns(self, argv, **kwargs):
         return subprocess.Popen(self.ns_prefix() + list(argv), **kwargs)
 
-    def start_hostkvd(self, config_text="", extra_args=(), wait=True):
-        """Start hostkvd inside the namespace with the libvirt source; returns a HostkvdProcess."""
-        conf = os.path.join(self.basedir, "hostkvd.conf")
-        with open(conf, "w") as f:
-            f.write(config_text)
-        log = os.path.join(self.basedir, "hostkvd-%d.log" % len(self.hostkvds))
-        argv = ["env", "PYTHONPATH=" + PYTHONPATH, "PYTHONUNBUFFERED=1", PYTHON, "-m", "hostkv.hostkvd",
-                "--config", conf, "--connect", "qemu:///system"] + list(extra_args)
-        logf = open(log, "ab")
-        proc = self.popen_in_ns(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        logf.close()
-        hk = HostkvdProcess(proc, log, self.control_socket)
-        self.hostkvds.append(hk)
-        if wait:
-            hk.wait_ready()
-        return hk
+    def start_hostkvd(self, config_text="", extra_args=()):
+        """Start hostkvd inside the namespace (libvirt source, qemu:///system of this host).
+
+        Returns a started tests.harness.hostkvd_proc.HostkvdProcess (``control()``, ``log()``,
+        ``wait_log()``, ``stop()``); its config and control socket live in ``<basedir>/hostkvd/``.
+        """
+        from tests.harness.hostkvd_proc import HostkvdProcess
+        proc = HostkvdProcess(os.path.join(self.basedir, "hostkvd"), config_text=config_text,
+                              extra_args=["--connect", "qemu:///system"] + list(extra_args),
+                              prefix=self.ns_prefix(), python=PYTHON)
+        self.hostkvds.append(proc)
+        proc.start()
+        self.control_socket = proc.control_path
+        return proc
 
     def hostkvctl(self, args, timeout=60, check=False):
         """Run hostkvctl from outside against this host (its libvirt URI and control socket)."""
@@ -349,38 +359,6 @@ class LibvirtHost(object):
             raise HarnessError("hostkvctl %s failed (%d): %s%s" % (" ".join(args), res.returncode,
                                                                   res.stdout, res.stderr))
         return res
-
-
-class HostkvdProcess(object):
-    """A hostkvd started by the harness: ``log`` path, ``control_socket`` (outside path), ``stop()``."""
-
-    def __init__(self, proc, log, control_socket):
-        self.proc = proc
-        self.log = log
-        self.control_socket = control_socket
-
-    def wait_ready(self, timeout=20):
-        def ready():
-            if self.proc.poll() is not None:
-                raise HarnessError("hostkvd exited with %s:\n%s" % (self.proc.returncode, _tail(self.log)))
-            return os.path.exists(self.control_socket)
-        try:
-            wait_for(ready, timeout, what="hostkvd control socket")
-        except HarnessError as err:
-            raise HarnessError("%s\n%s" % (err, _tail(self.log)))
-
-    def log_text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ---------------------------------------------------------------- domains
@@ -431,6 +409,142 @@ def migrate(dom, dst_conn, timeout=120):
     import libvirt
     flags = libvirt.VIR_MIGRATE_LIVE
     return dom.migrate(dst_conn, flags, None, "tcp://127.0.0.1", 0)
+
+
+class GuestExec(object):
+    """Client of the test guest's exec server (port org.hostkv.test.0, see guest_init/exec_server.py).
+
+    ``sock_path`` is a callable returning the exec channel's socket path as reachable from here (it
+    changes on every start/restore/migration, so it is looked up per command).  One connection per
+    command; ``run(sh=...)`` / ``run(cmd=[...])`` return the reply dict (rc, stdout, stderr).
+    """
+
+    def __init__(self, sock_path):
+        self._sock_path = sock_path
+        self._next = 0
+
+    def run(self, sh=None, cmd=None, timeout=30.0, check=False):
+        import json
+        import socket
+        self._next += 1
+        req = {"id": self._next, "timeout": timeout}
+        if sh is not None:
+            req["sh"] = sh
+        else:
+            req["cmd"] = list(cmd)
+        deadline = time.monotonic() + timeout + 10
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(1.0, deadline - time.monotonic()))
+        try:
+            sock.connect(self._sock_path())
+            sock.sendall(b"\n" + json.dumps(req).encode() + b"\n")
+            buf = b""
+            while True:
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    try:
+                        reply = json.loads(line.decode("utf-8", "replace"))
+                    except ValueError:
+                        continue
+                    if reply.get("id") == req["id"]:
+                        if "error" in reply:
+                            raise HarnessError("guest exec error: %s" % reply["error"])
+                        if check and reply.get("rc") != 0:
+                            raise HarnessError("guest command %r failed: %r" % (sh or cmd, reply))
+                        return reply
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise HarnessError("guest exec channel closed before the reply")
+                buf += chunk
+        finally:
+            sock.close()
+
+    def ping(self, timeout=5.0):
+        """True if the exec server answers within ``timeout``."""
+        try:
+            return self.run(cmd=["true"], timeout=timeout)["rc"] == 0
+        except (OSError, HarnessError):
+            return False
+
+
+class LibvirtGuest(object):
+    """A test guest on a LibvirtHost that can move (migration): ``host`` is where it runs now.
+
+    ``exec`` runs commands in it through the exec channel whose socket path is read from the LIVE
+    XML on the current host; ``key(k)`` reads what the agent published for key ``k``.
+    """
+
+    def __init__(self, host, name, console_log):
+        self.host = host
+        self.name = name
+        self.console_log = console_log
+        self.exec = GuestExec(self._exec_socket)
+
+    def dom(self, conn=None):
+        conn = conn or self.host.conn
+        return conn.lookupByName(self.name)
+
+    def _exec_socket(self):
+        from hostkv.hostkvd import domain_xml
+        path, problem = domain_xml.channel_socket_path(self.dom().XMLDesc(0), TEST_EXEC_PORT)
+        if path is None:
+            raise HarnessError("guest %s has no usable exec channel: %s" % (self.name, problem))
+        return self.host.outside_path(path)
+
+    def hostkv_socket(self):
+        from hostkv.hostkvd import domain_xml
+        return domain_xml.channel_socket_path(self.dom().XMLDesc(0), HOSTKV_PORT)[0]
+
+    def wait_booted(self, timeout=90):
+        """Wait until the exec server answers."""
+        try:
+            wait_for(lambda: self.exec.ping(3.0), timeout, interval=0.2, what="guest %s to boot" % self.name)
+        except HarnessError as err:
+            raise HarnessError("%s\nconsole:\n%s" % (err, _tail(self.console_log, 40)))
+
+    def key(self, key):
+        """The value the agent published for ``key`` (/run/hostkv/keys/KEY), or None if absent."""
+        reply = self.exec.run(cmd=["cat", "/run/hostkv/keys/" + key], timeout=10)
+        return reply["stdout"] if reply["rc"] == 0 else None
+
+    def wait_key(self, key, value, timeout=10.0, interval=0.05):
+        """Wait until the guest publishes ``key`` = ``value``; returns the seconds it took."""
+        start = time.monotonic()
+        wait_for(lambda: self.key(key) == value, timeout, interval=interval,
+                 what="guest %s to see %s=%r (last: %r)" % (self.name, key, value, "?"))
+        return time.monotonic() - start
+
+    def console(self):
+        return _tail(self.console_log, 60)
+
+
+def start_guest(host, name, image, workdir, hostkv_channel=True, metadata_values=None, persistent=True,
+                cmdline_extra=""):
+    """Define (or create, if not ``persistent``) and start a test guest on ``host``; returns LibvirtGuest.
+
+    ``image`` is a guest_image.GuestImage.  Does not wait for the boot (``guest.wait_booted()``).
+    """
+    from tests.harness import accel
+    from hostkv.hostkvd import domain_xml as dx
+    console_log = os.path.join(workdir, "%s.console.log" % name)
+    meta = ""
+    if metadata_values:
+        meta = dx.metadata_element(metadata_values).replace(
+            "<keys>", "<hostkv:keys xmlns:hostkv='%s'>" % dx.NS, 1).replace("<key ", "<hostkv:key ").replace(
+            "</key>", "</hostkv:key>").replace("</keys>", "</hostkv:keys>")
+    xml = domain_xml(name, kernel=image.kernel, initrd=image.initrd,
+                     cmdline="console=ttyS0 quiet panic=-1 hostkv.hostname=%s %s" % (name, cmdline_extra),
+                     console_log=console_log, hostkv_channel=hostkv_channel,
+                     domain_type=accel.libvirt_domain_type(), metadata_xml=meta)
+    conn = host.conn
+    if persistent:
+        dom = conn.defineXML(xml)
+        dom.create()
+    else:
+        conn.createXML(xml, 0)
+    return LibvirtGuest(host, name, console_log)
 
 
 def make_world_readable_dir(prefix="hostkv-lv-"):
