@@ -167,8 +167,9 @@ class Channel(object):
                     return True
                 delay = max(self._bytes.take(len(data)),
                             self._requests.take(self.session.requests - before))
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # always yield: reader.read() returns buffered data without yielding, so a busy
+                # guest would otherwise hold the loop for many chunks and stall the other guests
+                await asyncio.sleep(delay if delay > 0 else 0)
                 if self._out_bytes > HIGH_WATER:
                     await self._idle.wait()
             return False
