@@ -505,3 +505,45 @@ def test_agent_payload_root(built):
     assert os.access(str(root / "usr/sbin/hostkv-agent"), os.X_OK)
     assert not (root / "usr/lib/hostkv-agent/hostkv/__init__.py").exists()
     assert agent_payload_root(built.agent.parent) == root        # cached
+
+
+def test_agent_payload_root_builds_from_the_checkout():
+    root = agent_payload_root()
+    assert root.parent == REPO / "build" / "agent-payload"
+    shipped = py_files(root / "usr/lib/hostkv-agent/hostkv/agent")
+    assert shipped == py_files(REPO / "guest_agent/hostkv/agent")
+    assert (root / "usr/lib/hostkv-agent/hostkv/protocol.py").read_bytes() \
+        == (REPO / "protocol/hostkv/protocol.py").read_bytes()
+
+
+def test_guest_code_parses_as_python36(built, tmp_path):
+    """What ships to EL8 guests must be Python 3.6 syntax (ast's feature_version is best effort:
+    it catches e.g. walrus and positional-only parameters, not every newer construct)."""
+    import ast
+    root = rpmh.extract_payload(built.agent, tmp_path / "payload")
+    files = sorted((root / "usr/lib/hostkv-agent").rglob("*.py")) + [root / "usr/bin/hostkv",
+                                                                       root / "usr/sbin/hostkv-agent"]
+    for f in files:
+        ast.parse(f.read_text(), str(f), feature_version=(3, 6))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--release", "1 2"], "is not a release"),
+    (["--bogus"], "unknown argument: --bogus"),
+    (["--srcdir", "/nonexistent-hostkv"], "nonexistent-hostkv"),
+])
+def test_build_script_refuses_bad_input(args, message, tmp_path):
+    proc = run(["bash", str(rpmh.BUILD_SCRIPT), "--dist", str(tmp_path)] + args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_script_names_a_bad_version_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in rpmh.PACKAGED_PATHS[1:]:
+        (src / name).symlink_to(REPO / name)
+    (src / "VERSION").write_text("0.1.0-beta\n")
+    proc = run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
+               check=False)
+    assert proc.returncode != 0 and "VERSION: '0.1.0-beta' is not a version" in proc.stderr
