@@ -325,6 +325,7 @@ def test_agent_unit_content(installed):
     assert u[("Service", "ProtectSystem")] == ["strict"]
     assert set(" ".join(u[("Service", "ReadWritePaths")]).split()) == {"/run/hostkv", "/var/lib/hostkv"}
     assert ("Service", "PrivateDevices") not in u      # it needs /dev/virtio-ports
+    assert "PYTHONUNBUFFERED=1" in u[("Service", "Environment")]
     assert u[("Install", "WantedBy")] == ["multi-user.target"]
 
 
@@ -337,6 +338,7 @@ def test_host_unit_content(installed):
     assert u[("Service", "Restart")] == ["on-failure"]
     assert u[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
     assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkvd"]
+    assert "PYTHONUNBUFFERED=1" in u[("Service", "Environment")]
     assert u[("Install", "WantedBy")] == ["multi-user.target"]
 
 
