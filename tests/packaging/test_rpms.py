@@ -243,6 +243,15 @@ def test_version_comes_from_version_file(built):
     assert "hostkv-%s.tar.gz" % VERSION in spec.split()
 
 
+def test_rpmlint_is_clean(built):
+    """rpmlint on all three RPMs (the SRPM's spec included), with the reasoned filters in
+    packaging/rpmlint.toml: no errors, no warnings."""
+    proc = run(["rpmlint", "-c", str(REPO / "packaging/rpmlint.toml"),
+                str(built.agent), str(built.host), str(built.srpm)], check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 errors, 0 warnings" in proc.stdout, proc.stdout
+
+
 # ----------------------------------------------------------------------------- scriptlets
 
 def test_agent_scriptlets(built):
