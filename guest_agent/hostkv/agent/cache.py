@@ -1,0 +1,84 @@
+"""The persistent cache /var/lib/hostkv/snapshot.json: the last data and its seq.
+
+Written atomically (temporary file, fsync, rename, fsync of the directory) *before* each
+publication, so the persisted ``seq`` is never behind the published one and the agent's
+change counter never goes backwards across restarts or reboots.
+"""
+
+import errno
+import json
+import os
+
+from hostkv.agent.model import Record
+
+CACHE_FORMAT = 1
+CACHE_NAME = "snapshot.json"
+
+
+class CacheError(Exception):
+    """The cache file exists but cannot be used (the message names the file and problem)."""
+
+
+def cache_path(state_dir):
+    return os.path.join(state_dir, CACHE_NAME)
+
+
+def load(state_dir):
+    """Return the cached :class:`Record` (stale, not connected), None if there is no cache.
+
+    Raises CacheError if the file exists but is unreadable or invalid.
+    """
+    path = cache_path(state_dir)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (IOError, OSError) as err:
+        if err.errno == errno.ENOENT:
+            return None
+        raise CacheError("cannot read %s: %s" % (path, err.strerror))
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except ValueError as err:
+        raise CacheError("%s is not valid JSON: %s" % (path, err))
+    if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
+        raise CacheError("%s: unknown format %r" % (path, doc.get("format") if isinstance(doc, dict) else doc))
+    try:
+        record = Record.from_json(doc)
+    except ValueError as err:
+        raise CacheError("%s: %s" % (path, err))
+    return record.copy(stale=True, connected=False)
+
+
+def save(state_dir, record):
+    """Atomically replace the cache with ``record``'s data.  Raises OSError on failure."""
+    try:
+        os.makedirs(state_dir, 0o755)
+    except OSError as err:
+        if err.errno != errno.EEXIST:
+            raise
+    path = cache_path(state_dir)
+    doc = {"format": CACHE_FORMAT, "seq": record.seq, "host_id": record.host_id,
+           "generation": record.generation, "received_at": record.received_at,
+           "values": record.values}
+    data = (json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(state_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

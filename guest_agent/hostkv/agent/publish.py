@@ -1,0 +1,227 @@
+"""Atomic publication of the run dir (/run/hostkv) and reading it back.
+
+Layout (``run_dir``)::
+
+    snapshots/<name>/values.json   the whole record (see model.Record.to_json)
+    snapshots/<name>/keys/<key>    each value's exact UTF-8 bytes, no newline added
+    snapshots/<name>/env           shell-sourceable (see envfile.py)
+    current -> snapshots/<name>    swapped atomically (rename of a temporary symlink)
+    values.json -> current/values.json, keys -> current/keys, env -> current/env
+
+A snapshot directory is written completely under a fresh name before ``current`` is
+switched to it, so a reader, or the agent being killed (even ``kill -9``) at any point,
+can never see a partial or mixed snapshot.  After a switch every entry of
+``snapshots/`` except the new and the previous one is removed (the previous one stays
+for readers that resolved ``current`` just before the switch); leftovers of a killed
+publication are removed the same way.
+
+Readers that need several files of one snapshot resolve ``current`` once and read
+everything inside that directory (:func:`read_current` does that for values.json).
+"""
+
+import errno
+import json
+import os
+import re
+import stat
+import time
+
+from hostkv import protocol
+from hostkv.agent import envfile
+
+SNAPSHOTS = "snapshots"
+CURRENT = "current"
+STABLE_LINKS = (("values.json", "current/values.json"), ("keys", "current/keys"), ("env", "current/env"))
+_NAME_RE = re.compile(r"\A\d+(?:\.\d+)?\Z")
+_TMP_PREFIX = ".tmp-"
+
+
+class NoData(Exception):
+    """Nothing has been published in the run dir (or it is unreadable)."""
+
+
+def rmtree(path):
+    """Remove a directory tree (shutil is not in python3-minimal); missing is fine."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            _unlink_quiet(os.path.join(root, name))
+        for name in dirs:
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                _unlink_quiet(full)
+            else:
+                try:
+                    os.rmdir(full)
+                except OSError as err:
+                    if err.errno != errno.ENOENT:
+                        raise
+    try:
+        os.rmdir(path)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise
+
+
+def _write_new(path, data, mode=0o644):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    finally:
+        os.close(fd)
+
+
+def _symlink_atomic(target, path):
+    """Make ``path`` a symlink to ``target`` by renaming a temporary symlink over it."""
+    tmp = os.path.join(os.path.dirname(path), "%s%s.%d" % (_TMP_PREFIX, os.path.basename(path), os.getpid()))
+    _unlink_quiet(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError as err:
+        _unlink_quiet(tmp)
+        if err.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST) and os.path.isdir(path) \
+                and not os.path.islink(path):
+            # a real directory where a link belongs (e.g. left by an older tool): replace it
+            rmtree(path)
+            _symlink_atomic(target, path)
+            return
+        raise
+
+
+class Publisher(object):
+    """Writes :class:`~hostkv.agent.model.Record` objects into ``run_dir`` atomically."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.snap_dir = os.path.join(run_dir, SNAPSHOTS)
+
+    def prepare(self):
+        """Create the run dir and remove leftovers of killed publications."""
+        for path in (self.run_dir, self.snap_dir):
+            try:
+                os.mkdir(path, 0o755)
+            except OSError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+        current = self.current_name()
+        self._cleanup(keep=set([current]) if current else set())
+
+    def current_name(self):
+        """Name of the snapshot dir ``current`` points to, or None."""
+        try:
+            target = os.readlink(os.path.join(self.run_dir, CURRENT))
+        except OSError:
+            return None
+        return os.path.basename(target.rstrip("/"))
+
+    def publish(self, record):
+        """Publish ``record``; returns the snapshot dir name.  Raises OSError on I/O failure."""
+        values = protocol.validate_values(record.values)   # keys become file names: re-check
+        previous = self.current_name()
+        name, path = self._fresh_dir(record.seq)
+        try:
+            keys_dir = os.path.join(path, "keys")
+            os.mkdir(keys_dir, 0o755)
+            for key in sorted(values):
+                _write_new(os.path.join(keys_dir, key), values[key].encode("utf-8"))
+            _write_new(os.path.join(path, "env"), envfile.render_env(values, record.seq).encode("utf-8"))
+            doc = json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True, indent=1)
+            _write_new(os.path.join(path, "values.json"), (doc + "\n").encode("utf-8"))
+        except BaseException:
+            rmtree(path)
+            raise
+        _symlink_atomic(os.path.join(SNAPSHOTS, name), os.path.join(self.run_dir, CURRENT))
+        for link, target in STABLE_LINKS:
+            full = os.path.join(self.run_dir, link)
+            try:
+                if os.readlink(full) == target:
+                    continue
+            except OSError:
+                pass
+            _symlink_atomic(target, full)
+        keep = set([name])
+        if previous:
+            keep.add(previous)
+        self._cleanup(keep)
+        return name
+
+    def _fresh_dir(self, seq):
+        for k in range(0, 100000):
+            name = "%d" % seq if k == 0 else "%d.%d" % (seq, k)
+            path = os.path.join(self.snap_dir, name)
+            try:
+                os.mkdir(path, 0o755)
+                return name, path
+            except OSError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+        raise OSError(errno.EEXIST, "no free snapshot directory name for seq %d" % seq)
+
+    def _cleanup(self, keep):
+        try:
+            names = os.listdir(self.snap_dir)
+        except OSError:
+            return
+        for name in names:
+            if name in keep or not _NAME_RE.match(name):
+                continue
+            rmtree(os.path.join(self.snap_dir, name))
+        for name in os.listdir(self.run_dir):
+            if name.startswith(_TMP_PREFIX):
+                _unlink_quiet(os.path.join(self.run_dir, name))
+
+
+def current_dir(run_dir):
+    """Resolve ``run_dir/current`` once; returns the snapshot directory path or raises NoData."""
+    try:
+        target = os.readlink(os.path.join(run_dir, CURRENT))
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise NoData("nothing published in %s" % run_dir)
+        raise NoData("cannot read %s: %s" % (os.path.join(run_dir, CURRENT), err.strerror))
+    return os.path.join(run_dir, target)
+
+
+def read_current(run_dir, attempts=10):
+    """Read the published values.json of one consistent snapshot; returns the dict.
+
+    Retries when the snapshot is swapped away and removed under the reader.  Raises
+    NoData when nothing is published or the document is unreadable.
+    """
+    last = None
+    for _ in range(attempts):
+        path = current_dir(run_dir)
+        try:
+            with open(os.path.join(path, "values.json"), "rb") as f:
+                data = f.read()
+        except (IOError, OSError) as err:
+            if err.errno == errno.ENOENT:
+                last = err
+                time.sleep(0.01)
+                continue
+            raise NoData("cannot read %s: %s" % (path, err.strerror))
+        try:
+            return json.loads(data.decode("utf-8"))
+        except ValueError as err:
+            raise NoData("%s/values.json is not valid JSON: %s" % (path, err))
+    raise NoData("snapshot kept changing while reading %s (%s)" % (run_dir, last))
