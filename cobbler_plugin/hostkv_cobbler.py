@@ -1,0 +1,299 @@
+"""hostkv-cobbler: install, uninstall or check hostkv's Cobbler 3.3 modules and kickstart snippets.
+
+Usage::
+
+    hostkv-cobbler install   [--root DIR] [--settings PATH] [--cobbler-dir DIR]
+    hostkv-cobbler uninstall [--root DIR] [--settings PATH] [--cobbler-dir DIR]
+    hostkv-cobbler status    [--root DIR] [--settings PATH] [--cobbler-dir DIR]
+
+Run it with the Python that runs cobblerd (the wrapper ``bin/hostkv-cobbler`` picks it).  It places:
+
+* the trigger modules in ``<cobbler package>/modules/hostkv/`` (Cobbler loads modules only from its
+  own package directory, located by importing ``cobbler``; ``--cobbler-dir`` overrides), with a
+  private copy of ``hostkv/protocol.py`` as ``modules/hostkv/_lib/protocol.py`` (used when
+  ``hostkv.protocol`` is not importable by cobblerd);
+* the snippet ``hostkv_agent`` in ``autoinstall_snippets_dir`` and the sample template
+  ``sample_hostkv.ks`` in ``autoinstall_templates_dir``, both read from Cobbler's settings
+  (``/etc/cobbler/settings.yaml`` and its ``include`` files; ``--settings`` overrides);
+* a manifest ``/var/lib/hostkv-cobbler/manifest.json`` listing every file it wrote (with its sha256)
+  and every directory it created, so ``uninstall`` removes exactly those (plus the ``__pycache__``
+  Python made inside directories it created) and ``status`` can tell intact/modified/missing.
+
+``--root DIR`` prefixes every target path (settings file, Cobbler dirs, manifest), for packaging and
+tests; the manifest records paths without the prefix.  Files are written atomically (temp file +
+rename) and only when their content changed, so ``install`` is idempotent; files of an earlier
+install that are no longer shipped are removed.  cobblerd must be restarted to (un)load modules.
+
+Exit status: 0 success (status: installed and intact), 1 error (status: modified or missing files),
+3 (status only) not installed.
+"""
+
+import argparse
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MODULES_SRC = os.path.join(HERE, "modules", "hostkv")
+SNIPPETS_SRC = os.path.join(REPO, "kickstart_snippets")
+PROTOCOL_SOURCES = (os.path.join(REPO, "protocol", "hostkv", "protocol.py"),
+                    "/usr/lib/hostkv-host/hostkv/protocol.py",
+                    "/usr/lib/hostkv-agent/hostkv/protocol.py")
+MANIFEST = "/var/lib/hostkv-cobbler/manifest.json"
+SETTINGS = "/etc/cobbler/settings.yaml"
+SNIPPET_NAME = "hostkv_agent"
+TEMPLATE_NAME = "sample_hostkv.ks"
+RESTART_HINT = "restart cobblerd to (un)load the hostkv modules: systemctl restart cobblerd"
+
+
+class InstallError(RuntimeError):
+    """Something the user must fix; the message says what."""
+
+
+# ---------------------------------------------------------------- locating Cobbler
+
+def _reroot(root, path):
+    return os.path.join(root, path.lstrip("/")) if root else path
+
+
+def read_settings(path, root=""):
+    """Cobbler's settings (settings.yaml, then its ``include`` globs) as a dict."""
+    settings = _load_yaml(path)
+    includes = settings.get("include") or []
+    if isinstance(includes, str):
+        includes = [includes]
+    for pattern in includes:
+        for extra in sorted(glob.glob(_reroot(root, pattern))):
+            settings.update(_load_yaml(extra))
+    return settings
+
+
+def _load_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise InstallError("cannot read Cobbler's settings %s: %s (use --settings)" % (path, err))
+    try:
+        import yaml  # Cobbler depends on PyYAML, so Cobbler's Python has it
+    except ImportError:
+        return _flat_settings(text)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise InstallError("%s is not valid YAML: %s" % (path, err))
+    if not isinstance(data, dict):
+        raise InstallError("%s: expected a mapping of settings" % path)
+    return data
+
+
+def _flat_settings(text):
+    """Top-level ``key: value`` scalars (for a Python without PyYAML)."""
+    out = {}
+    for line in text.splitlines():
+        if line[:1].isalpha() and ":" in line:
+            key, value = line.split(":", 1)
+            value = value.split(" #", 1)[0].strip().strip("\"'")
+            if value:
+                out[key.strip()] = value
+    return out
+
+
+def cobbler_package_dir():
+    spec = importlib.util.find_spec("cobbler")
+    if spec is None or not spec.origin:
+        raise InstallError("Cobbler is not importable by %s: run hostkv-cobbler with the Python "
+                           "that runs cobblerd, or pass --cobbler-dir" % sys.executable)
+    return os.path.dirname(spec.origin)
+
+
+def _protocol_source():
+    for path in PROTOCOL_SOURCES:
+        if os.path.isfile(path):
+            return path
+    raise InstallError("hostkv/protocol.py not found (looked in %s)" % ", ".join(PROTOCOL_SOURCES))
+
+
+def plan(args):
+    """[(source file, target path without root)] for this installation."""
+    settings = read_settings(args.settings or _reroot(args.root, SETTINGS), args.root)
+    for key in ("autoinstall_snippets_dir", "autoinstall_templates_dir"):
+        if not isinstance(settings.get(key), str) or not settings[key].startswith("/"):
+            raise InstallError("Cobbler's settings have no absolute %s" % key)
+    cobbler_dir = args.cobbler_dir or cobbler_package_dir()
+    modules_dst = os.path.join(cobbler_dir, "modules", "hostkv")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(MODULES_SRC):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                src = os.path.join(dirpath, name)
+                files.append((src, os.path.join(modules_dst, os.path.relpath(src, MODULES_SRC))))
+    files.append((_protocol_source(), os.path.join(modules_dst, "_lib", "protocol.py")))
+    files.append((os.path.join(SNIPPETS_SRC, SNIPPET_NAME),
+                  os.path.join(settings["autoinstall_snippets_dir"], SNIPPET_NAME)))
+    files.append((os.path.join(SNIPPETS_SRC, TEMPLATE_NAME),
+                  os.path.join(settings["autoinstall_templates_dir"], TEMPLATE_NAME)))
+    return files
+
+
+# ---------------------------------------------------------------- file operations
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _write_atomic(path, data, mode=0o644):
+    fd, tmp = tempfile.mkstemp(prefix=".hostkv-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _makedirs(path, created):
+    """mkdir -p, appending every directory it had to create to ``created`` (outermost first)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        created.append(d)
+
+
+def load_manifest(root):
+    path = _reroot(root, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise InstallError("manifest %s is damaged: %s" % (path, err))
+    if not isinstance(data.get("files"), dict) or not isinstance(data.get("dirs"), list):
+        raise InstallError("manifest %s is damaged: no files/dirs lists" % path)
+    return data
+
+
+def install(args):
+    old = load_manifest(args.root) or {"files": {}, "dirs": []}
+    dirs = list(old["dirs"])
+    files = {}
+    changed = 0
+    for src, dst in plan(args):
+        with open(src, "rb") as f:
+            data = f.read()
+        target = _reroot(args.root, dst)
+        created = []
+        _makedirs(os.path.dirname(target), created)
+        dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
+        digest = hashlib.sha256(data).hexdigest()
+        if not (os.path.isfile(target) and _sha256(target) == digest):
+            _write_atomic(target, data)
+            changed += 1
+        files[dst] = digest
+    removed = 0
+    for dst in old["files"]:
+        if dst not in files and os.path.lexists(_reroot(args.root, dst)):
+            os.unlink(_reroot(args.root, dst))
+            removed += 1
+    manifest_path = _reroot(args.root, MANIFEST)
+    created = []
+    _makedirs(os.path.dirname(manifest_path), created)
+    dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
+    _write_atomic(manifest_path, (json.dumps({"files": files, "dirs": dirs}, indent=1,
+                                             sort_keys=True) + "\n").encode("utf-8"))
+    print("hostkv-cobbler: installed %d files (%d written, %d removed); manifest %s"
+          % (len(files), changed, removed, manifest_path))
+    print("hostkv-cobbler: %s" % RESTART_HINT)
+    return 0
+
+
+def _unroot(root, path):
+    if not root:
+        return path
+    return "/" + os.path.relpath(path, root)
+
+
+def uninstall(args):
+    manifest = load_manifest(args.root)
+    if manifest is None:
+        print("hostkv-cobbler: not installed (no %s); nothing to do" % _reroot(args.root, MANIFEST))
+        return 0
+    for dst in sorted(manifest["files"]):
+        target = _reroot(args.root, dst)
+        if os.path.lexists(target):
+            os.unlink(target)
+    os.unlink(_reroot(args.root, MANIFEST))
+    kept = []
+    for d in sorted(manifest["dirs"], key=len, reverse=True):   # deepest first
+        target = _reroot(args.root, d)
+        cache = os.path.join(target, "__pycache__")
+        if os.path.isdir(cache):
+            for name in os.listdir(cache):
+                os.unlink(os.path.join(cache, name))
+            os.rmdir(cache)
+        try:
+            os.rmdir(target)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            kept.append(target)   # someone else put files there: leave it
+    print("hostkv-cobbler: removed %d files" % len(manifest["files"]))
+    for d in kept:
+        print("hostkv-cobbler: kept %s (not empty: holds files hostkv did not install)" % d)
+    print("hostkv-cobbler: %s" % RESTART_HINT)
+    return 0
+
+
+def status(args):
+    manifest = load_manifest(args.root)
+    if manifest is None:
+        print("hostkv-cobbler: not installed")
+        return 3
+    bad = 0
+    for dst, digest in sorted(manifest["files"].items()):
+        target = _reroot(args.root, dst)
+        if not os.path.isfile(target):
+            state = "missing"
+        elif _sha256(target) != digest:
+            state = "modified"
+        else:
+            state = "ok"
+        bad += state != "ok"
+        print("%-8s %s" % (state, dst))
+    print("hostkv-cobbler: installed, %s" % ("intact" if not bad else "%d files not intact" % bad))
+    return 1 if bad else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="hostkv-cobbler", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=("install", "uninstall", "status"))
+    parser.add_argument("--root", default="", help="prefix for every target path (DESTDIR)")
+    parser.add_argument("--settings", help="Cobbler's settings.yaml (default %s under --root)"
+                        % SETTINGS)
+    parser.add_argument("--cobbler-dir", help="Cobbler's package dir (default: import cobbler)")
+    args = parser.parse_args(argv)
+    if args.root:
+        args.root = os.path.abspath(args.root)
+    try:
+        return {"install": install, "uninstall": uninstall, "status": status}[args.action](args)
+    except (InstallError, OSError) as err:
+        print("hostkv-cobbler: error: %s" % err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers of the hostkv Cobbler modules: option validation, repo publishing, configuration."""
