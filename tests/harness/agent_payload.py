@@ -22,6 +22,14 @@ from pathlib import Path
 from tests.harness import rpms
 
 CACHE = rpms.REPO / "build" / "agent-payload"
+KEEP = 4          # cache entries of each kind kept (newest first); older ones are pruned
+
+
+def _prune(prefix):
+    """Delete all but the KEEP newest ``<prefix>*`` entries of the cache (best effort)."""
+    entries = sorted(CACHE.glob(prefix + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        shutil.rmtree(str(old), ignore_errors=True)
 
 
 def _publish(tmp, final):
@@ -39,6 +47,7 @@ def _built_dist():
     """A dist dir with RPMs built from the checkout as it is now (rebuilt when sources change)."""
     dist = CACHE / ("rpms-" + rpms.source_digest()[:16])
     if dist.is_dir():
+        os.utime(str(dist))                 # recently used: pruned last
         return dist
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".rpms-", dir=str(CACHE)))
@@ -47,7 +56,9 @@ def _built_dist():
     except BaseException:
         shutil.rmtree(str(tmp), ignore_errors=True)
         raise
-    return _publish(tmp, dist)
+    _publish(tmp, dist)
+    _prune("rpms-")
+    return dist
 
 
 def agent_payload_root(dist_dir=None):
@@ -57,6 +68,7 @@ def agent_payload_root(dist_dir=None):
     digest = hashlib.sha256(rpm.read_bytes()).hexdigest()[:16]
     root = CACHE / ("payload-" + digest)
     if root.is_dir():
+        os.utime(str(root))
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".payload-", dir=str(CACHE)))
@@ -66,4 +78,6 @@ def agent_payload_root(dist_dir=None):
     except BaseException:
         shutil.rmtree(str(tmp), ignore_errors=True)
         raise
-    return _publish(tmp, root)
+    _publish(tmp, root)
+    _prune("payload-")
+    return root
