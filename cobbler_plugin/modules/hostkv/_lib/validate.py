@@ -9,6 +9,9 @@ Cobbler hands a trigger only the object's *name*.  A brand-new object is not in 
 during *pre*, so the object is taken from the caller's frame (``utils.run_triggers(api, ref, ...)``
 holds it as ``ref``); an existing object is also found by name.  If neither works (a future Cobbler),
 the validation is skipped with a warning rather than blocking Cobbler.
+
+A vetoed *edit* of an existing object: Cobbler has already applied the new values to the live object
+in memory, so the saved state is read back from disk into it (:func:`restore_saved`).
 """
 
 import logging
@@ -47,6 +50,19 @@ def own_meta(item):
     return meta if isinstance(meta, dict) else {}
 
 
+def restore_saved(api, item):
+    """Put the saved state back into a live (already stored) item whose edit we veto.
+
+    Cobbler 3.3 applies an edit's ``modify_item`` calls to the live object *before* ``save`` runs the
+    pre triggers, so without this a vetoed edit would stay in cobblerd's memory (and in rendered
+    kickstarts) until the next restart, although the file on disk is unchanged.
+    """
+    try:
+        item.from_dict(api.deserialize_item(item))
+    except Exception as err:  # noqa: BLE001 - best effort, the veto itself must still happen
+        logger.warning("hostkv: could not restore the saved state of %s: %s", item.name, err)
+
+
 def run_check(api, what, args):
     """Validate the ``what`` object named ``args[0]``; raise CX listing every problem; return 0."""
     from cobbler.cexceptions import CX
@@ -61,6 +77,8 @@ def run_check(api, what, args):
         return 0
     problems = options.check_meta(own_meta(item))
     if problems:
+        if api.get_item(what, name) is item:
+            restore_saved(api, item)
         raise CX("hostkv: %s %s rejected, bad autoinstall_meta: %s"
                  % (what, name, "; ".join(problems)))
     return 0
