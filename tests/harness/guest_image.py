@@ -52,12 +52,17 @@ MODULES = (
 )
 
 # Parts of the Python stdlib a headless test guest never uses (saves ~3 MB and boot time).
+STDLIB_SOURCELESS = True
+# _ssl/_hashlib would pull in libcrypto+libssl (5 MB); hashlib falls back to the built-in
+# _sha256/_md5/... modules of Debian's interpreter, and the guest needs no TLS.
 STDLIB_DROP_DIRS = ("test", "pydoc_data", "idlelib", "tkinter", "turtledemo", "lib2to3",
-                    "ensurepip", "distutils", "venv", "curses", "dbm", "sqlite3", "__phello__")
+                    "ensurepip", "distutils", "venv", "curses", "dbm", "sqlite3", "__phello__",
+                    "unittest", "xmlrpc", "wsgiref")
 STDLIB_DROP_FILES = ("turtle.py", "antigravity.py", "this.py", "__hello__.py", "pydoc.py",
-                     "_pydecimal.py", "EXTERNALLY-MANAGED", "LICENSE.txt")
+                     "_pydecimal.py", "doctest.py", "pdb.py", "mailbox.py", "pickletools.py",
+                     "EXTERNALLY-MANAGED", "LICENSE.txt")
 DYNLOAD_DROP = re.compile(r"^(_test|_xxtest|_ctypes_test|xxlimited|_xxsub|_curses|_dbm|_sqlite3|"
-                          r"nis|ossaudiodev|readline|audioop|_tkinter)")
+                          r"nis|ossaudiodev|readline|audioop|_tkinter|_ssl|_hashlib)")
 
 
 class GuestImageError(RuntimeError):
@@ -429,10 +434,21 @@ def _stage(root_dirs, kernel_dir, release, agent_root, stage):
     if agent_root:
         _copy_tree(agent_root, stage)
     # Precompile with the guest's own interpreter (same magic number, no timestamps needed).
+    # The stdlib is shipped as sourceless .pyc (legacy layout, -b) to keep the initramfs small
+    # (firmware loads it byte by byte under TCG); everything else keeps its .py next to the .pyc.
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
-    _run([os.path.join(stage, "usr", "bin", "python" + PYVER), "-I", "-m", "compileall", "-q",
-          "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", stage, "-p", "/",
-          os.path.join(stage, "usr", "lib")], "precompiling .pyc", env=env)
+    python = os.path.join(stage, "usr", "bin", "python" + PYVER)
+    stdlib = os.path.join(stage, "usr", "lib", "python" + PYVER)
+    compile_argv = [python, "-I", "-m", "compileall", "-q", "-j", "0",
+                    "--invalidation-mode", "unchecked-hash", "-s", stage, "-p", "/"]
+    if STDLIB_SOURCELESS:
+        _run(compile_argv + ["-b", stdlib], "precompiling the stdlib", env=env)
+        for dirpath, dirnames, filenames in os.walk(stdlib):
+            for name in filenames:
+                if name.endswith(".py") and os.path.exists(os.path.join(dirpath, name + "c")):
+                    os.unlink(os.path.join(dirpath, name))
+    _run(compile_argv + ["-x", r"/python%s/" % re.escape(PYVER) if STDLIB_SOURCELESS else "^$",
+                         os.path.join(stage, "usr", "lib")], "precompiling .pyc", env=env)
 
 
 # ---------------------------------------------------------------- the build

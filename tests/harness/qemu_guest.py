@@ -112,6 +112,7 @@ class QmpConnection(object):
             self._stop_loop()
             raise
         self._pump = asyncio.run_coroutine_threadsafe(self._collect(), self._loop)
+        self._pump.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _collect(self):
         async for ev in self._client.events:
@@ -127,14 +128,15 @@ class QmpConnection(object):
             fut.cancel()
             raise
 
-    def cmd(self, name, timeout=None, **args):
-        """Execute QMP command ``name`` (arguments as keywords, '-' spelled '_' NOT translated:
-        pass a dict via ``**{'x-y': 1}``) and return its ``return`` value; raises on error."""
-        return self._call(self._client.execute(name, args or None), timeout)
+    def cmd(self, _name, _timeout=None, **args):
+        """Execute QMP command ``_name`` (arguments as keywords; for names with '-' pass a dict:
+        ``**{'x-y': 1}``) and return its ``return`` value; raises qemu.qmp's ExecuteError."""
+        return self._call(self._client.execute(_name, args or None), _timeout)
 
     def close(self):
         if self._loop.is_closed():
             return
+        self._pump.cancel()
         try:
             self._call(self._client.disconnect(), 5)
         except Exception:
@@ -255,11 +257,12 @@ def _exec_request(argv_or_sh, timeout, stdin=None, env=None):
 class Port(object):
     """A virtio-serial port of a guest: ``name``, ``nr`` (fixed), ``socket_path`` (host side)."""
 
-    def __init__(self, name, nr, socket_path, hotplugged=False):
+    def __init__(self, name, nr, socket_path, hotplugged=False, base_path=None):
         self.name = name
         self.nr = nr
         self.socket_path = socket_path
         self.hotplugged = hotplugged
+        self.base_path = base_path or socket_path   # the path the test chose (for migration)
 
     def ids(self):
         return "chr%d" % self.nr, "port%d" % self.nr
@@ -295,6 +298,7 @@ class QemuGuest(object):
         self.sockdir = self._choose_sockdir()
         self.qmp_path = os.path.join(self.sockdir, name + ".qmp")
         self.exec_path = os.path.join(self.sockdir, name + ".exec")
+        self.migrate_path = os.path.join(self.sockdir, name + ".migrate")
         if ports is not None:       # a migration destination: same ports, new socket paths
             self.ports = ports
         else:
@@ -312,6 +316,7 @@ class QemuGuest(object):
         self._watchdog = None
         self.started_at = None
         self.ready_at = None
+        self.guest_uptime_at_ready = None     # guest's /proc/uptime when it first answered
 
     # ------------------------------------------------------------ paths
 
@@ -432,6 +437,7 @@ class QemuGuest(object):
                 reply = self._exec.request({"op": "ping"}, timeout=min(left, 2))
                 if reply.get("pong"):
                     self.ready_at = time.monotonic()
+                    self.guest_uptime_at_ready = reply.get("uptime")
                     return self.ready_at - self.started_at
             except GuestError:
                 pass    # not booted yet (the request waits in the socket) or reconnecting
@@ -461,11 +467,11 @@ class QemuGuest(object):
         """Reconnect the exec channel (to this guest's exec socket)."""
         self._exec.reconnect(self.exec_path, timeout)
 
-    def qmp(self, cmd, **args):
+    def qmp(self, _cmd, **args):
         """Execute a QMP command; return its result (qemu.qmp raises ExecuteError on error)."""
         if self._qmp is None:
             raise GuestError("guest %s has no QMP connection" % self.name)
-        return self._qmp.cmd(cmd, **args)
+        return self._qmp.cmd(_cmd, **args)
 
     def events(self, name=None):
         """QMP events received so far (optionally only those called ``name``)."""
@@ -538,7 +544,7 @@ class QemuGuest(object):
                     pass
             try:
                 if self._qmp is not None:
-                    self._qmp.cmd("quit", timeout=5)
+                    self._qmp.cmd("quit", _timeout=5)
             except Exception:
                 pass
             try:

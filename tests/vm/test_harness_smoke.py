@@ -1,0 +1,141 @@
+"""Smoke tests of the real-VM harness: a real QEMU guest (TCG here) booting our image.
+
+One guest is shared by the module (booting costs ~7 s under TCG); the tests run in file order
+and later ones rely on the earlier ones' state only where stated.  Figures are printed (-s).
+"""
+
+import os
+import time
+
+import pytest
+
+from tests.harness import accel
+from tests.harness.guest_image import REPO, build_guest_image
+from tests.harness.migration import MigrationPair
+from tests.harness.qemu_guest import GuestError, QemuGuest
+
+pytestmark = pytest.mark.vm
+
+AGENT_MAIN = os.path.join(REPO, "guest_agent", "hostkv", "agent", "__main__.py")
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %s s waiting for %s" % (timeout, what))
+        time.sleep(0.1)
+
+
+def port_names(guest):
+    rc, out, err = guest.exec("cat /sys/class/virtio-ports/*/name", timeout=10)
+    return set(out.split())
+
+
+@pytest.fixture(scope="module")
+def image():
+    t0 = time.monotonic()
+    img = build_guest_image()
+    print("\nguest image %s (%.1f MB initrd) ready in %.1f s; %s"
+          % (img.key, os.path.getsize(img.initrd) / 1e6, time.monotonic() - t0, accel.describe()))
+    return img
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("vm"))
+
+
+@pytest.fixture(scope="module")
+def guest(image, workdir):
+    g = QemuGuest(workdir, os.path.join(workdir, "hostkv-a.sock"), image=image,
+                  hostname="smoke-guest")
+    g.start()
+    try:
+        boot = g.wait_ready(timeout=90)
+        print("\nboot: exec server answered %.2f s after QEMU start (guest uptime %.2f s)"
+              % (boot, g.guest_uptime_at_ready))
+        yield g
+    finally:
+        g.stop()
+
+
+def test_exec_runs_commands(guest, image):
+    rc, out, err = guest.exec(["uname", "-r"])
+    assert (rc, out.strip(), err) == (0, image.kernel_release, "")
+    rc, out, _ = guest.exec("hostname; echo to-stderr >&2; exit 3")
+    assert rc == 3 and out == "smoke-guest\n"
+    rc, out, _ = guest.exec(["cat"], stdin="päyload\n")
+    assert (rc, out) == (0, "päyload\n")
+
+
+def test_exec_timeout_and_check_fail_loudly(guest):
+    t0 = time.monotonic()
+    with pytest.raises(GuestError) as info:
+        guest.exec(["sleep", "30"], timeout=1)
+    assert "timed out" in str(info.value) and "console tail" in str(info.value)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(GuestError):
+        guest.exec("false", check=True)
+    assert guest.exec(["true"])[0] == 0          # the channel is still usable
+
+
+def test_guest_python_has_the_agents_stdlib(guest):
+    rc, out, err = guest.exec(
+        "python3 -c 'import json, selectors, subprocess, argparse, logging, signal, socket, "
+        "threading, tempfile, shlex, http.client, urllib.request, hashlib; print(json.dumps([1]))'",
+        timeout=60)
+    assert (rc, out, err) == (0, "[1]\n", "")
+
+
+def test_hostkv_port_visible_and_state_disk_mounted(guest):
+    assert port_names(guest) == {"org.hostkv.0", "org.hostkv.test.0"}
+    rc, out, _ = guest.exec("grep ' /var/lib/hostkv ' /proc/mounts")
+    assert rc == 0 and out.startswith("/dev/vda /var/lib/hostkv ext2"), out
+    guest.exec("echo kept > /var/lib/hostkv/reboot-marker && sync", check=True)
+
+
+@pytest.mark.skipif(not os.path.exists(AGENT_MAIN), reason="guest_agent has no __main__ yet")
+def test_agent_help_runs_in_guest(guest):
+    rc, out, err = guest.exec(["/usr/sbin/hostkv-agent", "--help"], timeout=60)
+    assert rc == 0, err
+    assert "usage" in out.lower()
+
+
+def test_hotplug_port_appears_in_sysfs(guest, workdir):
+    guest.hotplug_port("org.hostkv.extra.0", os.path.join(workdir, "extra.sock"))
+    wait_until(lambda: "org.hostkv.extra.0" in port_names(guest), 15, "hot-plugged port")
+
+
+def test_live_migration_a_b_a(guest, workdir):
+    """A -> B -> A; exec answers after each hop; the hot-plugged port migrates along."""
+    pair = MigrationPair(guest, os.path.join(workdir, "hostkv-a.sock"),
+                         os.path.join(workdir, "hostkv-b.sock"))
+    try:
+        for expect in ("hostkv-b.sock", "hostkv-a.sock"):
+            res = pair.hop()
+            print("\nmigration %r" % res)
+            assert pair.channel_path.endswith(expect)
+            assert os.path.exists(pair.channel_path)
+            rc, out, _ = pair.guest.exec("cat /var/lib/hostkv/reboot-marker")
+            assert (rc, out) == (0, "kept\n")
+            assert "org.hostkv.extra.0" in port_names(pair.guest)
+            assert res.completed_s < 30 and res.resumed_s <= res.exec_back_s
+        assert not guest.is_running()
+    finally:
+        if pair.guest is not guest:
+            pair.guest.stop()
+
+
+def test_reboot_keeps_state_disk_and_guest_without_hostkv_port(guest, image, workdir):
+    """A new QEMU on the same disk (= a reboot) sees what was written; no org.hostkv.0 here."""
+    guest.stop()        # normally already migrated away; the disk must be free
+    g = QemuGuest(workdir, None, name="noport", image=image, noagent=True)
+    g.start()
+    try:
+        g.wait_ready(timeout=90)
+        assert port_names(g) == {"org.hostkv.test.0"}
+        assert g.exec("cat /var/lib/hostkv/reboot-marker")[1] == "kept\n"
+        assert g.channel_path is None
+    finally:
+        g.stop()
