@@ -1,0 +1,158 @@
+"""Publication of /run/hostkv: complete snapshots only, even under kill -9 and concurrent readers."""
+
+import inspect
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hostkv.agent import envfile
+from hostkv.agent.model import Record
+from hostkv.agent.publish import NoData, Publisher, current_dir, read_current
+
+
+def make_record(seq, nkeys=20, stale=False, connected=True):
+    """Every value names the seq, so a mixed snapshot is detectable."""
+    values = {"host.k%03d" % i: "seq=%d key=%d %s" % (seq, i, "x" * (seq % 7) * 50) for i in range(nkeys)}
+    values["host.hostname"] = "hv-%d" % seq
+    if seq % 3 == 0:              # keys come and go
+        values["vm.sometimes"] = "there at %d" % seq
+    return Record(seq, "host-%d" % (seq % 4), seq * 10, values, 1700000000.0 + seq, stale, connected)
+
+
+def check_tree(run_dir):
+    """Assert run_dir holds exactly one complete, self-consistent snapshot; return its seq."""
+    snap = current_dir(run_dir)
+    with open(os.path.join(snap, "values.json"), "rb") as f:
+        doc = json.loads(f.read().decode("utf-8"))
+    seq = doc["seq"]
+    expected = make_record(seq)
+    assert doc["values"] == expected.values
+    assert doc["host_id"] == expected.host_id and doc["generation"] == expected.generation
+    keys_dir = os.path.join(snap, "keys")
+    assert sorted(os.listdir(keys_dir)) == sorted(expected.values)
+    for key, value in expected.values.items():
+        with open(os.path.join(keys_dir, key), "rb") as f:
+            assert f.read() == value.encode("utf-8")
+    with open(os.path.join(snap, "env"), "rb") as f:
+        assert f.read() == envfile.render_env(expected.values, seq).encode("utf-8")
+    # the stable links lead into the same tree
+    for link, target in (("values.json", "current/values.json"), ("keys", "current/keys"),
+                         ("env", "current/env")):
+        assert os.readlink(os.path.join(run_dir, link)) == target
+    return seq
+
+
+def test_layout_and_exact_bytes(tmp_path):
+    run = str(tmp_path / "run")
+    pub = Publisher(run)
+    pub.prepare()
+    with pytest.raises(NoData):
+        read_current(run)
+    rec = Record(1, "hv1", 3, {"host.hostname": "hv1", "vm.note": "a\nb 'c' $(x) ü"}, 1.5, False, True)
+    name = pub.publish(rec)
+    assert name == "1"
+    assert os.readlink(os.path.join(run, "current")) == "snapshots/1"
+    with open(os.path.join(run, "keys", "vm.note"), "rb") as f:
+        assert f.read() == "a\nb 'c' $(x) ü".encode("utf-8")
+    doc = read_current(run)
+    assert doc == {"seq": 1, "host_id": "hv1", "generation": 3, "stale": False, "connected": True,
+                   "received_at": 1.5, "values": rec.values}
+    with open(os.path.join(run, "values.json")) as f:
+        assert json.load(f) == doc
+    # same seq republished (status change): a fresh dir, old one kept as "previous"
+    name2 = pub.publish(rec.copy(connected=False, stale=True))
+    assert name2 == "1.1"
+    assert read_current(run)["connected"] is False
+    pub.publish(make_record(2))
+    pub.publish(make_record(3))
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3"]
+    assert check_tree(run) == 3
+
+
+def test_leftovers_of_a_killed_publication_are_cleaned(tmp_path):
+    run = str(tmp_path / "run")
+    pub = Publisher(run)
+    pub.prepare()
+    pub.publish(make_record(5))
+    os.makedirs(os.path.join(run, "snapshots", "6", "keys"))       # half-written next snapshot
+    os.symlink("snapshots/6", os.path.join(run, ".tmp-current.999"))
+    Publisher(run).prepare()
+    assert os.listdir(os.path.join(run, "snapshots")) == ["5"]
+    assert not os.path.lexists(os.path.join(run, ".tmp-current.999"))
+    assert check_tree(run) == 5
+
+
+PUBLISHER_LOOP = r"""
+import sys
+sys.path[:0] = sys.argv[3].split(":")
+from hostkv.agent.model import Record
+from hostkv.agent.publish import Publisher
+""" + inspect.getsource(make_record) + r"""
+pub = Publisher(sys.argv[1])
+pub.prepare()
+seq = int(sys.argv[2])
+sys.stdout.write("ready\n"); sys.stdout.flush()
+while True:
+    seq += 1
+    pub.publish(make_record(seq))
+"""
+
+
+def test_kill_9_at_random_points_never_leaves_a_partial_snapshot(tmp_path):
+    run = str(tmp_path / "run")
+    pub = Publisher(run)
+    pub.prepare()
+    pub.publish(make_record(1))
+    paths = os.environ["PYTHONPATH"]
+    rng = random.Random(1234)
+    seqs = []
+    kills = 40
+    for i in range(kills):
+        start_seq = check_tree(run)
+        proc = subprocess.Popen([sys.executable, "-c", PUBLISHER_LOOP, run, str(start_seq), paths],
+                                stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0.0, 0.03))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        seqs.append(check_tree(run))
+        # leftovers never pile up: at most current, previous and one half-written dir
+        assert len(os.listdir(os.path.join(run, "snapshots"))) <= 3
+    # the publisher really was killed while working (seq moved on in most rounds)
+    assert seqs[-1] > kills
+    assert seqs == sorted(seqs)
+
+
+def test_concurrent_reader_never_sees_a_mixed_snapshot(tmp_path):
+    """A publisher process swaps snapshots as fast as it can while this process reads."""
+    run = str(tmp_path / "run")
+    pub = Publisher(run)
+    pub.prepare()
+    pub.publish(make_record(1))
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER_LOOP, run, "1", os.environ["PYTHONPATH"]],
+                            stdout=subprocess.PIPE)
+    reads = 0
+    seen = set()
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.time() + 1.0
+        while time.time() < deadline:
+            doc = read_current(run)                       # one resolved snapshot dir
+            assert doc["values"] == make_record(doc["seq"]).values
+            with open(os.path.join(run, "values.json"), "rb") as f:   # via the stable link
+                doc2 = json.loads(f.read().decode("utf-8"))
+            assert doc2["values"] == make_record(doc2["seq"]).values
+            seen.add(doc["seq"])
+            reads += 1
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert reads > 100 and len(seen) > 20, (reads, len(seen))
