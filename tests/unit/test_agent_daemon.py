@@ -1,0 +1,342 @@
+"""The agent's poll loop against a real HostSession over a fake port (fast unit test).
+
+See test_agent_support.py for how the fake port reproduces the measured virtio-serial
+semantics.  The agent runs in a thread of the test process with temp dirs for everything.
+"""
+
+import json
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from hostkv.agent import cache, client, config
+from hostkv.agent.daemon import Agent
+from hostkv.agent.publish import read_current
+
+from test_agent_support import FakeHost, FakeLink, FakeLocator, wait_for
+
+HOOK = """#!/bin/sh
+printf '%s|%s|%s|%s\\n' "$HOSTKV_SEQ" "$HOSTKV_CHANGED" "$HOSTKV_HOST_CHANGED" "$HOSTKV_HOST_ID" >> {out}
+"""
+
+
+class Rig(object):
+    """Agent thread + fake link + fake host sharing temp dirs; restartable."""
+
+    def __init__(self, tmp_path, **cfg):
+        self.tmp = tmp_path
+        self.run_dir = str(tmp_path / "run")
+        self.state_dir = str(tmp_path / "state")
+        self.hooks_dir = str(tmp_path / "hooks.d")
+        os.makedirs(self.hooks_dir, exist_ok=True)
+        self.cfg_kw = dict(run_dir=self.run_dir, state_dir=self.state_dir, hooks_dir=self.hooks_dir,
+                           sync_timeout=0.5, hook_timeout=5.0)
+        self.cfg_kw.update(cfg)
+        self.link = FakeLink()
+        self.locator = FakeLocator(self.link)
+        self.host = FakeHost(self.link, "hv1", {"host.hostname": "hv1.example", "vm.role": "db"})
+        self.agent = None
+        self.thread = None
+        self.errors = []
+
+    def start(self):
+        self.agent = Agent(config.Config(**self.cfg_kw), locator=self.locator)
+        self.thread = threading.Thread(target=self._run)
+        self.thread.daemon = True
+        self.thread.start()
+        assert self.agent.started.wait(5), "agent did not start"
+
+    def _run(self):
+        try:
+            self.agent.run()
+        except BaseException as err:      # noqa: BLE001 - surfaced by stop()
+            self.errors.append(err)
+
+    def stop(self):
+        if self.agent is not None:
+            self.agent.stop()
+            self.thread.join(10)
+            assert not self.thread.is_alive(), "agent thread did not stop"
+            assert self.errors == []
+            self.agent = None
+
+    def published(self):
+        try:
+            return read_current(self.run_dir)
+        except Exception:
+            return None
+
+    def wait_published(self, pred, what, timeout=5.0):
+        return wait_for(lambda: (lambda d: d if d is not None and pred(d) else None)(self.published()),
+                        timeout, what=what)
+
+    def ask(self, req, timeout=10.0):
+        return client.request(self.agent.cfg.socket, req, timeout)
+
+    def add_hook(self, name="10-record"):
+        out = self.tmp / ("%s.out" % name)
+        path = os.path.join(self.hooks_dir, name)
+        with open(path, "w") as f:
+            f.write(HOOK.format(out=out))
+        os.chmod(path, 0o755)
+        return out
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.stop()
+
+
+def connected_rig(rig):
+    rig.start()
+    rig.host.connect()
+    return rig.wait_published(lambda d: d["connected"] and not d["stale"], "first snapshot")
+
+
+def test_first_snapshot_is_published_cached_and_hooked(rig):
+    hook_out = rig.add_hook()
+    doc = connected_rig(rig)
+    assert doc["seq"] == 1 and doc["host_id"] == "hv1"
+    assert doc["values"] == {"host.hostname": "hv1.example", "vm.role": "db"}
+    with open(os.path.join(rig.run_dir, "keys", "host.hostname"), "rb") as f:
+        assert f.read() == b"hv1.example"
+    with open(os.path.join(rig.run_dir, "env")) as f:
+        assert "HOSTKV_HOST_HOSTNAME='hv1.example'\n" in f.read()
+    cached = cache.load(rig.state_dir)
+    assert cached.seq == 1 and cached.values == doc["values"]
+    wait_for(lambda: hook_out.exists() and hook_out.read_text(), what="hook output")
+    assert hook_out.read_text() == "1|host.hostname vm.role|1|hv1\n"
+    # the agent said hello and synced
+    assert rig.host.ops("hello")[0]["versions"] == [1]
+    assert rig.host.ops("sync")
+    sock_mode = stat.S_IMODE(os.stat(rig.agent.cfg.socket).st_mode)
+    assert sock_mode == 0o600
+
+
+def test_unasked_push_change_and_removal(rig):
+    hook_out = rig.add_hook()
+    connected_rig(rig)
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "web", "vm.new": "x"})
+    doc = rig.wait_published(lambda d: d["seq"] == 2, "seq 2")
+    assert doc["values"]["vm.role"] == "web"
+    rig.host.set(values={"host.hostname": "hv1.example"})
+    doc = rig.wait_published(lambda d: d["seq"] == 3, "seq 3")
+    assert sorted(os.listdir(os.path.join(rig.run_dir, "keys"))) == ["host.hostname"]
+    wait_for(lambda: hook_out.exists() and hook_out.read_text().count("\n") >= 2 and rig.agent.hooks.idle(),
+             what="hooks")
+    lines = hook_out.read_text().splitlines()
+    assert lines[0] == "1|host.hostname vm.role|1|hv1"
+    # hooks run one publication at a time or merged, never losing a changed key
+    rest = " ".join(l.split("|")[1] for l in lines[1:])
+    assert {"vm.role", "vm.new"} <= set(rest.split())
+    assert lines[-1].startswith("3|") and lines[-1].endswith("|0|hv1")
+    # a push with identical data (only the generation moved) keeps seq
+    rig.host.set()
+    time.sleep(0.2)
+    assert rig.published()["seq"] == 3
+
+
+def test_migration_without_edge_new_host_pushes(rig):
+    hook_out = rig.add_hook()
+    connected_rig(rig)
+    wait_for(lambda: hook_out.exists(), what="first hook")
+    rig.host.set(host_id="hv2", values={"host.hostname": "hv2.example", "vm.role": "db"})
+    doc = rig.wait_published(lambda d: d["host_id"] == "hv2", "host change")
+    assert doc["seq"] == 2 and doc["values"]["host.hostname"] == "hv2.example"
+    assert rig.agent.stats["disconnects"] == 0
+    wait_for(lambda: "2|host.hostname|1|hv2" in hook_out.read_text(), what="host-changed hook")
+
+
+def test_disconnect_marks_stale_reconnect_resyncs(rig):
+    connected_rig(rig)
+    rig.host.disconnect()
+    doc = rig.wait_published(lambda d: not d["connected"], "disconnect")
+    assert doc["stale"] is True and doc["seq"] == 1
+    assert rig.ask({"op": "status"})["state"] == "disconnected"
+    # while away the host data changes; the reconnect brings it
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "cache"}, push=False)
+    t0 = time.time()
+    rig.host.connect()
+    doc = rig.wait_published(lambda d: d["connected"] and not d["stale"], "reconnect")
+    assert time.time() - t0 < 2.5         # backoff is capped at 1 s
+    assert doc["seq"] == 2 and doc["values"]["vm.role"] == "cache"
+    assert rig.agent.stats["connects"] == 2
+
+
+def test_backoff_while_host_absent_is_not_a_busy_loop(rig):
+    rig.start()
+    time.sleep(2.0)
+    probes = rig.link.probes
+    # 50 ms doubling to 1 s: about 6 probes in 2 s; a busy loop would make thousands
+    assert 3 <= probes <= 12, probes
+    assert rig.published() is None
+    status = rig.ask({"op": "status"})
+    assert status["state"] == "disconnected" and status["published"] is False
+    rig.host.connect()
+    rig.wait_published(lambda d: d["connected"], "late host", timeout=3)
+
+
+def test_half_frame_and_garbage_are_discarded_then_resynced(rig):
+    connected_rig(rig)
+    # half a snapshot frame (as left by a reconnect), then garbage, then a real change
+    rig.host.send(b'{"op":"snapshot","v":1,"host_id":"evil","generation":9,"val')
+    rig.host.send(b'\nnot json at all\n{"op":"snapshot","host_id":"","generation":-1,"values":{}}\n')
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "after-garbage"})
+    doc = rig.wait_published(lambda d: d["values"].get("vm.role") == "after-garbage", "resynced data")
+    assert doc["host_id"] == "hv1"
+    assert rig.agent.stats["discarded"] >= 1
+    assert len(rig.host.ops("sync")) >= 2      # a resync was started after the garbage
+
+
+def test_unanswered_sync_is_restarted(rig):
+    rig.host.answer = False
+    rig.start()
+    rig.host.connect()
+    wait_for(lambda: len(rig.host.ops("sync")) >= 3, timeout=5, what="repeated syncs")
+    tokens = [f["token"] for f in rig.host.ops("sync")]
+    assert len(set(tokens)) == len(tokens)
+    rig.host.answer = True
+    rig.host.push()        # nothing is accepted until a sync reply arrives ...
+    time.sleep(0.2)
+    assert rig.published() is None
+    doc = rig.wait_published(lambda d: d["seq"] == 1, "data after the host woke up", timeout=5)
+    assert doc["connected"]
+
+
+def test_hot_unplug_and_replug(rig):
+    connected_rig(rig)
+    rig.link.unplug()
+    wait_for(lambda: rig.ask({"op": "status"})["state"] == "waiting-for-port", what="unplug seen")
+    assert rig.published()["connected"] is False
+    rig.link.replug()
+    rig.host.connect()
+    rig.wait_published(lambda d: d["connected"] and not d["stale"], "replugged", timeout=5)
+    assert rig.agent.stats["connects"] == 2
+
+
+def test_restart_publishes_cache_as_stale_and_keeps_seq(rig):
+    connected_rig(rig)
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "v2"})
+    rig.wait_published(lambda d: d["seq"] == 2, "seq 2")
+    rig.stop()
+    rig.host.disconnect()
+    # a reboot: /run is empty, only the cache survives
+    from hostkv.agent.publish import rmtree
+    rmtree(rig.run_dir)
+    rig.start()
+    doc = rig.wait_published(lambda d: True, "cache published")
+    assert doc["seq"] == 2 and doc["stale"] is True and doc["connected"] is False
+    assert doc["values"]["vm.role"] == "v2"
+    assert rig.ask({"op": "status"})["stale"] is True
+    # the host confirms the same data: same seq, fresh now
+    rig.host.connect()
+    doc = rig.wait_published(lambda d: not d["stale"], "confirmed")
+    assert doc["seq"] == 2
+    # then new data: seq continues from the cache, never backwards
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "v3"})
+    assert rig.wait_published(lambda d: d["seq"] == 3, "seq 3")["values"]["vm.role"] == "v3"
+
+
+def test_corrupt_cache_is_ignored_with_a_warning(rig):
+    os.makedirs(rig.state_dir)
+    with open(os.path.join(rig.state_dir, "snapshot.json"), "w") as f:
+        f.write("{not json")
+    doc = connected_rig(rig)
+    assert doc["seq"] == 1
+    assert cache.load(rig.state_dir).seq == 1
+
+
+def test_watch_since_and_key_semantics(rig):
+    connected_rig(rig)
+    results = {}
+
+    def watch(name, req):
+        results[name] = rig.ask(dict(req, op="watch"))
+
+    threads = [threading.Thread(target=watch, args=("any", {"since": 1})),
+               threading.Thread(target=watch, args=("role", {"since": 1, "key": "vm.role"})),
+               threading.Thread(target=watch, args=("hostname", {"since": 1, "key": "host.hostname",
+                                                                 "timeout": 1.0}))]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(rig.agent.watchers) == 3, what="3 watchers")
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "db", "vm.other": "1"})
+    wait_for(lambda: "any" in results, what="any-change watch")
+    assert results["any"]["seq"] == 2 and results["any"]["snapshot"]["values"]["vm.other"] == "1"
+    assert "role" not in results           # vm.role did not change
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "web"})
+    for t in threads:
+        t.join(5)
+    assert results["role"]["ok"] and results["role"]["seq"] == 3 and results["role"]["value"] == "web"
+    assert results["hostname"] == {"ok": False, "error": "timeout", "seq": 3, "since": 1,
+                                   "message": "no change within the timeout"}
+    # a token from the past is answered at once when the key changed since then ...
+    r = rig.ask({"op": "watch", "since": 1, "key": "vm.role"})
+    assert r["ok"] and r["value"] == "web" and r["seq"] == 3
+    # ... and a key that went A -> B -> A counts as unchanged
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "db"})
+    rig.wait_published(lambda d: d["seq"] == 4, "seq 4")
+    assert rig.ask({"op": "watch", "since": 1, "key": "vm.role", "timeout": 0.2})["error"] == "timeout"
+    # a removed key reports present=false
+    rig.host.set(values={"host.hostname": "hv1.example"})
+    r = rig.ask({"op": "watch", "since": 4, "key": "vm.role"})
+    assert r["ok"] and r["present"] is False and r["value"] is None and r["seq"] == 5
+    # bad requests are refused clearly
+    assert rig.ask({"op": "watch", "since": -1})["error"] == "bad-request"
+    assert rig.ask({"op": "watch", "key": "nope"})["error"] == "bad-key"
+    assert rig.ask({"op": "frobnicate"})["error"] == "unknown-op"
+
+
+def test_live_get_round_trip(rig):
+    connected_rig(rig)
+    r = rig.ask({"op": "get", "key": "host.hostname", "live": True})
+    assert r["ok"] and r["value"] == "hv1.example" and r["host_id"] == "hv1" and r["rtt"] < 1.0
+    assert rig.ask({"op": "get", "key": "host.missing", "live": True})["error"] == "not-found"
+    assert rig.ask({"op": "get", "key": "host.hostname"})["value"] == "hv1.example"
+    # the host changed its data without pushing: the live get sees it, the files do not yet
+    rig.host.set(values={"host.hostname": "moved"}, push=False)
+    assert rig.ask({"op": "get", "key": "host.hostname", "live": True})["value"] == "moved"
+    assert rig.published()["values"]["host.hostname"] == "hv1.example"
+    rig.host.disconnect()
+    rig.wait_published(lambda d: not d["connected"], "disconnect")
+    assert rig.ask({"op": "get", "key": "host.hostname", "live": True})["error"] == "not-connected"
+
+
+def test_live_get_times_out_when_host_is_wedged(rig):
+    connected_rig(rig)
+    rig.host.answer = False
+    t0 = time.time()
+    r = rig.ask({"op": "get", "key": "host.hostname", "live": True, "timeout": 0.3})
+    assert r["error"] == "timeout" and time.time() - t0 < 2
+
+
+def test_hook_timeout_does_not_block_the_loop(rig):
+    rig.cfg_kw["hook_timeout"] = 0.5
+    path = os.path.join(rig.hooks_dir, "00-slow")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\nsleep 30\n")
+    os.chmod(path, 0o755)
+    skipped = os.path.join(rig.hooks_dir, "20-old.rpmsave")
+    with open(skipped, "w") as f:
+        f.write("#!/bin/sh\ntouch %s/ran\n" % rig.tmp)
+    os.chmod(skipped, 0o755)
+    hook_out = rig.add_hook("10-record")
+    connected_rig(rig)
+    rig.host.set(values={"host.hostname": "x"})
+    # publication is not delayed by the sleeping hook
+    rig.wait_published(lambda d: d["seq"] == 2, "seq 2 while hook sleeps", timeout=1.0)
+    wait_for(lambda: hook_out.exists() and "2|" in hook_out.read_text(), timeout=5, what="hooks after timeout")
+    assert not os.path.exists(os.path.join(str(rig.tmp), "ran"))
+
+
+def test_graceful_stop_marks_data_stale(rig):
+    connected_rig(rig)
+    rig.stop()
+    doc = rig.published()
+    assert doc["stale"] is True and doc["connected"] is False
+    assert not os.path.exists(os.path.join(rig.run_dir, "agent.sock"))

@@ -1,0 +1,218 @@
+"""Fakes for the agent's fast unit tests (no tests here).
+
+A :class:`FakeLink` stands in for the virtio-serial port: the agent's real
+:class:`hostkv.agent.port.Port` code runs on a socket whose kernel semantics match the
+port's in each state (host away: a socket whose peer is closed gives POLLIN|POLLHUP and
+read() == 0, level-triggered; host connected: a live socketpair).  Connect/disconnect on
+the same fd are emulated by dup2()ing the next state's socket over the agent's fd, inside
+the agent's thread, on its next probe/read/write.  :class:`FakeHost` speaks the real
+``hostkv.protocol.HostSession`` on the host end.  The real in-guest test (QEMU) is
+elsewhere; this is the fast one.
+"""
+
+import os
+import socket
+import threading
+import time
+
+from hostkv import protocol
+from hostkv.agent.port import Port, PortGone
+
+
+def wait_for(predicate, timeout=5.0, interval=0.01, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+
+
+def _hang_up(sock):
+    """Close the host end so the guest end sees HUP even while a thread is in recv() on it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _dead_socket():
+    a, b = socket.socketpair()
+    b.close()
+    a.setblocking(False)
+    return a
+
+
+class FakeLink(object):
+    """The port's state as the test controls it; thread-safe."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state_sock = _dead_socket()     # what the agent's fd should be
+        self.swap_pending = False
+        self.unplugged = False
+        self.host_sock = None
+        self.probes = 0
+        self.generation = 0
+
+    def set_state(self, sock):
+        with self.lock:
+            old_host = self.host_sock
+            self.state_sock = sock
+            self.swap_pending = True
+            self.generation += 1
+        return old_host
+
+    def connect(self):
+        """The host side connects: returns the host's socket (blocking)."""
+        guest, host = socket.socketpair()
+        guest.setblocking(False)
+        old = self.set_state(guest)
+        with self.lock:
+            self.host_sock = host
+        if old is not None:
+            _hang_up(old)
+        return host
+
+    def disconnect(self):
+        old = self.set_state(_dead_socket())
+        with self.lock:
+            self.host_sock = None
+        if old is not None:
+            _hang_up(old)         # wakes an agent blocked in poll on the old socket
+
+    def unplug(self):
+        with self.lock:
+            self.unplugged = True
+            old, self.host_sock = self.host_sock, None
+        if old is not None:
+            _hang_up(old)
+
+    def replug(self):
+        with self.lock:
+            self.unplugged = False
+            self.state_sock = _dead_socket()
+            self.swap_pending = False
+
+
+class FakePort(Port):
+    def __init__(self, link):
+        with link.lock:
+            fd = os.dup(link.state_sock.fileno())
+            self.link_generation = link.generation
+        Port.__init__(self, fd, "fake-vport0p1")
+        self.link = link
+
+    def _apply(self):
+        link = self.link
+        with link.lock:
+            if link.unplugged:
+                raise PortGone("fake port unplugged")
+            if link.generation != self.link_generation:
+                os.dup2(link.state_sock.fileno(), self.fd)
+                self.link_generation = link.generation
+
+    def probe(self):
+        self.link.probes += 1
+        self._apply()
+        return Port.probe(self)
+
+    def read(self, size=65536):
+        self._apply()
+        return Port.read(self, size)
+
+    def write(self, data):
+        self._apply()
+        return Port.write(self, data)
+
+
+class FakeLocator(object):
+    """Stands in for PortLocator: the port exists unless the link is unplugged."""
+
+    def __init__(self, link):
+        self.link = link
+        self.last_reason = None
+        self.locates = 0
+
+    def locate(self):
+        self.locates += 1
+        with self.link.lock:
+            if self.link.unplugged:
+                self.last_reason = "fake port unplugged"
+                return None
+        return FakePort(self.link)
+
+
+class FakeHost(object):
+    """The host service: a real HostSession on the host end of the link."""
+
+    def __init__(self, link, host_id="hv1", values=None, generation=1):
+        self.link = link
+        self.snapshot = protocol.Snapshot(host_id, generation, dict(values or {}))
+        self.session = protocol.HostSession(lambda: self.snapshot)
+        self.lock = threading.Lock()
+        self.sock = None
+        self.received = []           # decoded guest frames
+        self.answer = True           # False: read but never reply (a wedged host)
+        self._thread = None
+
+    def connect(self):
+        sock = self.link.connect()
+        with self.lock:
+            self.sock = sock
+            data = self.session.connected()
+            sock.sendall(data)
+        self._thread = threading.Thread(target=self._reader, args=(sock,))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def disconnect(self):
+        with self.lock:
+            self.sock = None
+        self.link.disconnect()
+
+    def _reader(self, sock):
+        lines = protocol.LineBuffer(protocol.MAX_GUEST_FRAME_BYTES)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for line in lines.feed(data):
+                if isinstance(line, bytes) and line.strip():
+                    try:
+                        self.received.append(protocol.decode(line, protocol.MAX_GUEST_FRAME_BYTES))
+                    except protocol.ProtocolError:
+                        pass
+            if not self.answer:
+                continue
+            with self.lock:
+                reply = self.session.receive(data)
+                if reply and self.sock is sock:
+                    try:
+                        sock.sendall(reply)
+                    except OSError:
+                        return
+
+    def set(self, host_id=None, values=None, generation=None, push=True):
+        old = self.snapshot
+        self.snapshot = protocol.Snapshot(host_id if host_id is not None else old.host_id,
+                                          generation if generation is not None else old.generation + 1,
+                                          dict(values) if values is not None else dict(old.values))
+        if push:
+            self.push()
+
+    def push(self):
+        self.send(self.session.push())
+
+    def send(self, data):
+        with self.lock:
+            if self.sock is not None:
+                self.sock.sendall(data)
+
+    def ops(self, op):
+        return [f for f in list(self.received) if f.get("op") == op]
