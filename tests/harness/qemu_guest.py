@@ -13,8 +13,9 @@ Contract (everything has a timeout; every failure message ends with the guest co
     a virtio-blk state disk (ext2, mounted on /var/lib/hostkv by the guest's init) unless
     ``state_disk=None``; default ``<workdir>/state.img``, created if missing and kept by stop(),
     so a new QemuGuest on the same disk is a "reboot" that keeps the agent's cache;
-    optional user-mode networking (``user_net=True``, restrict=on, guest 10.0.2.15, plus
-    ``guestfwd=[(guest_ip, guest_port, 'unix:PATH' or 'tcp:127.0.0.1:PORT')]``).
+    optional user-mode networking (``user_net=True``: virtio-net, restrict=on so the guest reaches
+    nothing but its forwards; guest 10.0.2.15/24) with
+    ``guestfwd=[(guest_ip, guest_port, target)]``, target e.g. ``unix_forward(host_unix_socket)``.
   * ``guest.exec(argv_or_sh, timeout=60, stdin=None, check=False) -> (rc, stdout, stderr)``: a list
     runs argv, a str runs ``sh -c``.  ``check=True`` raises GuestError when rc != 0.
   * ``guest.console_tail(lines=60)``, ``guest.console_path``, ``guest.qmp(cmd, **args)``,
@@ -56,6 +57,21 @@ _live = weakref.WeakSet()
 
 class GuestError(RuntimeError):
     """Something about the test guest failed; the message includes the console tail."""
+
+
+class QmpError(GuestError):
+    """A QMP command failed; ``cause`` is the original exception."""
+
+    def __init__(self, message, cause):
+        GuestError.__init__(self, message)
+        self.cause = cause
+
+
+def unix_forward(unix_path):
+    """A guestfwd target that connects each guest TCP connection to the host unix socket
+    ``unix_path`` (one socat per connection, so many connections work and nothing has to
+    listen when QEMU starts).  Use: ``guestfwd=[("10.0.2.100", 80, unix_forward(path))]``."""
+    return "cmd:socat STDIO UNIX-CONNECT:%s" % unix_path
 
 
 def _kill_all_at_exit():
@@ -371,7 +387,7 @@ class QemuGuest(object):
         if self.user_net:
             netdev = "user,id=net0,restrict=on"
             for ip, port, target in self.guestfwd:
-                netdev += ",guestfwd=tcp:%s:%d-%s" % (ip, port, target)
+                netdev += ",guestfwd=tcp:%s:%d-%s" % (ip, port, target.replace(",", ",,"))
             argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,id=nic0"]
         if self.incoming:
             argv += ["-incoming", self.incoming]
@@ -468,10 +484,15 @@ class QemuGuest(object):
         self._exec.reconnect(self.exec_path, timeout)
 
     def qmp(self, _cmd, **args):
-        """Execute a QMP command; return its result (qemu.qmp raises ExecuteError on error)."""
+        """Execute a QMP command; return its result.  Errors raise QmpError (a GuestError with
+        the console tail; ``.cause`` is qemu.qmp's exception, e.g. ExecuteError)."""
         if self._qmp is None:
             raise GuestError("guest %s has no QMP connection" % self.name)
-        return self._qmp.cmd(_cmd, **args)
+        try:
+            return self._qmp.cmd(_cmd, **args)
+        except Exception as err:
+            raise QmpError(self._with_tail("QMP %s %r on %s failed: %s: %s" % (
+                _cmd, args, self.name, type(err).__name__, err)), err)
 
     def events(self, name=None):
         """QMP events received so far (optionally only those called ``name``)."""

@@ -4,7 +4,10 @@ One guest is shared by the module (booting costs ~7 s under TCG); the tests run 
 and later ones rely on the earlier ones' state only where stated.  Figures are printed (-s).
 """
 
+import http.server
 import os
+import socketserver
+import threading
 import time
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from tests.harness import accel
 from tests.harness.guest_image import REPO, build_guest_image
 from tests.harness.migration import MigrationPair
-from tests.harness.qemu_guest import GuestError, QemuGuest
+from tests.harness.qemu_guest import GuestError, QemuGuest, unix_forward
 
 pytestmark = pytest.mark.vm
 
@@ -46,10 +49,35 @@ def workdir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("vm"))
 
 
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from the host: %s" % self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def guest(image, workdir):
+def http_socket(workdir):
+    """A tiny HTTP server on a host unix socket (reached from the guest via guestfwd)."""
+    path = os.path.join(workdir, "http.sock")
+    server = socketserver.ThreadingUnixStreamServer(path, _Hello)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield path
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def guest(image, workdir, http_socket):
     g = QemuGuest(workdir, os.path.join(workdir, "hostkv-a.sock"), image=image,
-                  hostname="smoke-guest")
+                  hostname="smoke-guest",
+                  guestfwd=[("10.0.2.100", 80, unix_forward(http_socket))])
     g.start()
     try:
         boot = g.wait_ready(timeout=90)
@@ -95,6 +123,16 @@ def test_hostkv_port_visible_and_state_disk_mounted(guest):
     guest.exec("echo kept > /var/lib/hostkv/reboot-marker && sync", check=True)
 
 
+def test_user_net_reaches_only_the_forwarded_host_service(guest):
+    rc, out, err = guest.exec(
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen("
+        "'http://10.0.2.100/x', timeout=20).read().decode())\"", timeout=60)
+    assert (rc, out) == (0, "hello from the host: /x\n"), err
+    # restrict=on: the slirp gateway forwards nothing else (no traffic leaves the machine)
+    rc, out, err = guest.exec("busybox wget -q -T 3 -O - http://10.0.2.2:80/ 2>&1", timeout=30)
+    assert rc != 0
+
+
 @pytest.mark.skipif(not os.path.exists(AGENT_MAIN), reason="guest_agent has no __main__ yet")
 def test_agent_help_runs_in_guest(guest):
     rc, out, err = guest.exec(["/usr/sbin/hostkv-agent", "--help"], timeout=60)
@@ -127,15 +165,29 @@ def test_live_migration_a_b_a(guest, workdir):
             pair.guest.stop()
 
 
-def test_reboot_keeps_state_disk_and_guest_without_hostkv_port(guest, image, workdir):
-    """A new QEMU on the same disk (= a reboot) sees what was written; no org.hostkv.0 here."""
+def test_reboot_keeps_state_disk_and_two_guests_migrate_side_by_side(guest, image, workdir):
+    """A new QEMU on the same disk (= a reboot) sees what was written, and has no org.hostkv.0;
+    meanwhile a second guest in the same workdir boots and migrates: no path races."""
     guest.stop()        # normally already migrated away; the disk must be free
-    g = QemuGuest(workdir, None, name="noport", image=image, noagent=True)
-    g.start()
+    g1 = QemuGuest(workdir, None, name="noport", image=image, noagent=True)
+    g2 = QemuGuest(workdir, os.path.join(workdir, "second-a.sock"), name="second", image=image,
+                   state_disk=None, hostname="second")
     try:
-        g.wait_ready(timeout=90)
-        assert port_names(g) == {"org.hostkv.test.0"}
-        assert g.exec("cat /var/lib/hostkv/reboot-marker")[1] == "kept\n"
-        assert g.channel_path is None
+        g1.start()
+        g2.start()
+        g1.wait_ready(timeout=120)
+        g2.wait_ready(timeout=120)
+        assert port_names(g1) == {"org.hostkv.test.0"}
+        assert g1.channel_path is None
+        assert g1.exec("cat /var/lib/hostkv/reboot-marker")[1] == "kept\n"
+        pair = MigrationPair(g2, g2.channel_path, os.path.join(workdir, "second-b.sock"))
+        try:
+            res = pair.hop()
+            print("\nmigration next to a running guest: %r" % res)
+            assert pair.guest.exec("hostname")[1] == "second\n"
+            assert g1.exec("hostname")[1] == "hostkv-guest\n"
+        finally:
+            pair.guest.stop()
     finally:
-        g.stop()
+        g1.stop()
+        g2.stop()
