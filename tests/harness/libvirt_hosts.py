@@ -168,7 +168,9 @@ class LibvirtHost(object):
             "host_uuid": '"%s"' % self.host_uuid,
             "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
         })
-        _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"'})
+        # remember_owner=0: both "hosts" relabel the same files (kernel, console log) on one machine;
+        # the owner-remembering xattrs would make the second daemon refuse (as on shared storage).
+        _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"', "remember_owner": "0"})
 
     def start(self, timeout=60):
         """Create the namespace, start virtlogd + libvirtd; return once the API answers."""
@@ -208,6 +210,7 @@ class LibvirtHost(object):
 
     def _api_answers(self):
         import libvirt
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         if not os.path.exists(self.libvirt_socket):
             return False
         conn = libvirt.open(self.uri)
@@ -228,6 +231,7 @@ class LibvirtHost(object):
     def open(self):
         """A new libvirt connection to this host (caller closes it)."""
         import libvirt
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
         return libvirt.open(self.uri)
 
     def ns_pids(self):
@@ -487,11 +491,20 @@ class LibvirtGuest(object):
         return conn.lookupByName(self.name)
 
     def _exec_socket(self):
+        """The exec socket from the live XML; the last one seen while libvirtd is down."""
+        import libvirt
         from hostkv.hostkvd import domain_xml
-        path, problem = domain_xml.channel_socket_path(self.dom().XMLDesc(0), TEST_EXEC_PORT)
+        try:
+            xml = self.dom().XMLDesc(0)
+        except libvirt.libvirtError:
+            if getattr(self, "_last_exec", None) and not self.host._pids_named("libvirtd"):
+                return self._last_exec
+            raise
+        path, problem = domain_xml.channel_socket_path(xml, TEST_EXEC_PORT)
         if path is None:
             raise HarnessError("guest %s has no usable exec channel: %s" % (self.name, problem))
-        return self.host.outside_path(path)
+        self._last_exec = self.host.outside_path(path)
+        return self._last_exec
 
     def hostkv_socket(self):
         from hostkv.hostkvd import domain_xml
@@ -521,7 +534,7 @@ class LibvirtGuest(object):
 
 
 def start_guest(host, name, image, workdir, hostkv_channel=True, metadata_values=None, persistent=True,
-                cmdline_extra=""):
+                cmdline_extra="", exec_channel=True):
     """Define (or create, if not ``persistent``) and start a test guest on ``host``; returns LibvirtGuest.
 
     ``image`` is a guest_image.GuestImage.  Does not wait for the boot (``guest.wait_booted()``).
@@ -536,7 +549,7 @@ def start_guest(host, name, image, workdir, hostkv_channel=True, metadata_values
             "</key>", "</hostkv:key>").replace("</keys>", "</hostkv:keys>")
     xml = domain_xml(name, kernel=image.kernel, initrd=image.initrd,
                      cmdline="console=ttyS0 quiet panic=-1 hostkv.hostname=%s %s" % (name, cmdline_extra),
-                     console_log=console_log, hostkv_channel=hostkv_channel,
+                     console_log=console_log, hostkv_channel=hostkv_channel, exec_channel=exec_channel,
                      domain_type=accel.libvirt_domain_type(), metadata_xml=meta)
     conn = host.conn
     if persistent:

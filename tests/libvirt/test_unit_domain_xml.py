@@ -101,6 +101,9 @@ def test_plan_enable_adds_controller_only_when_missing():
     no_chan = LIVE.replace("name='org.hostkv.0'", "name='org.other.0'")
     assert [k for k, _ in dx.plan_enable(no_chan)] == ["channel"]
     assert dx.plan_enable(LIVE) == []                       # idempotent
+    assert [k for k, _ in dx.plan_enable(no_chan, live=True)] == ["channel"]
+    with pytest.raises(dx.NeedsController, match="cannot hot-plug"):
+        dx.plan_enable(BARE, live=True)
 
 
 def test_plan_enable_refuses_what_it_cannot_change():

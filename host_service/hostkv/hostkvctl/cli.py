@@ -99,6 +99,10 @@ def build_parser():
         e = sub.add_parser(name, help=text)
         e.add_argument("domains", nargs="*", metavar="DOMAIN")
         e.add_argument("--all", action="store_true", help="every domain of this libvirt connection")
+        if name == "enable":
+            e.add_argument("--next-boot", action="store_true",
+                           help="only the persistent definition (a running domain without a virtio-serial "
+                                "controller: libvirt cannot hot-plug one)")
     return p
 
 
@@ -220,10 +224,12 @@ def cmd_enable(args, out, err):
         for dom in doms:
             try:
                 if args.command == "enable":
-                    done = enable_mod.enable(dom, args.port_name)
+                    done = enable_mod.enable(dom, args.port_name, next_boot=args.next_boot)
                     state = "already enabled" if not any(k for _v, k in done) else "enabled"
                     if dom.isActive() and not dom.isPersistent():
                         state += " (transient domain: live only)"
+                    elif args.next_boot and dom.isActive() and state == "enabled":
+                        state += " for the next boot"
                 else:
                     done = enable_mod.disable(dom, args.port_name)
                     state = "disabled" if any(k for _v, k, _p in done) else "was not enabled"

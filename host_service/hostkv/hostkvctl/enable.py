@@ -21,11 +21,11 @@ class CannotChange(RuntimeError):
     """The domain can't be enabled/disabled; the message says why (nothing was changed)."""
 
 
-def _views(dom):
-    """``[(view, flags, xml)]``: live first (if running), then config (if persistent)."""
+def _views(dom, next_boot=False):
+    """``[(view, flags, xml)]``: live first (if running, unless ``next_boot``), then config (if persistent)."""
     import libvirt
     out = []
-    if dom.isActive():
+    if dom.isActive() and not next_boot:
         out.append(("live", libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.XMLDesc(0)))
     if dom.isPersistent():
         out.append(("config", libvirt.VIR_DOMAIN_AFFECT_CONFIG,
@@ -47,17 +47,35 @@ def _detach(dom, device_xml, flags):
         dom.detachDeviceFlags(device_xml, flags)
 
 
-def enable(dom, port_name=protocol.DEFAULT_PORT_NAME):
-    """Enable hostkv on ``dom``; returns ``[(view, [kinds added])]`` (empty lists: already enabled)."""
+def enable(dom, port_name=protocol.DEFAULT_PORT_NAME, next_boot=False):
+    """Enable hostkv on ``dom``; returns ``[(view, [kinds added])]`` (empty lists: already enabled).
+
+    ``next_boot``: change only the persistent definition (for a running domain without a
+    virtio-serial controller, which libvirt cannot hot-plug; effective after its next cold start).
+    """
     import libvirt
     done, added = [], []
+    views = _views(dom, next_boot)
+    if next_boot and not views:
+        raise CannotChange("cannot enable hostkv on %s for the next boot: it has no persistent definition"
+                           % dom.name())
     try:
-        for view, flags, xml in _views(dom):
-            plan = domain_xml.plan_enable(xml, port_name)
+        for view, flags, xml in views:
+            try:
+                plan = domain_xml.plan_enable(xml, port_name, live=(view == "live"))
+            except domain_xml.NeedsController as err:
+                raise CannotChange("cannot enable hostkv on %s without a reboot: %s. Nothing was changed. "
+                                   "'hostkvctl enable --next-boot %s' adds the controller and the channel "
+                                   "to the persistent definition (effective after the domain is shut "
+                                   "down and started again)." % (dom.name(), err, dom.name()))
             for kind, device in plan:
                 dom.attachDeviceFlags(device, flags)
                 added.append((flags, device))
             done.append((view, [kind for kind, _ in plan]))
+    except CannotChange:
+        if added:
+            _rollback(dom, added)
+        raise
     except (libvirt.libvirtError, domain_xml.DomainXMLError) as err:
         undone = _rollback(dom, added)
         raise CannotChange("cannot enable hostkv on %s: %s%s" % (

@@ -199,13 +199,18 @@ def virtio_serial_controllers(xml):
             if c.get("type") == "virtio-serial"]
 
 
-def plan_enable(xml, port_name=protocol.DEFAULT_PORT_NAME):
+class NeedsController(DomainXMLError):
+    """A running domain without a virtio-serial controller: libvirt cannot hot-plug one."""
+
+
+def plan_enable(xml, port_name=protocol.DEFAULT_PORT_NAME, live=False):
     """What ``enable`` must attach to the domain described by ``xml``, in order.
 
     Returns a list of ``(kind, device_xml)`` with kind 'controller' or 'channel'; empty when the
     channel is already there (enable is idempotent).  Raises DomainXMLError when the domain can't
-    get one (e.g. not a QEMU/KVM x86/ARM/... machine with virtio, or a non-unix channel of that
-    name exists).
+    get one (not a QEMU/KVM domain, or a non-unix channel of that name exists), and
+    NeedsController for a ``live`` view without a virtio-serial controller (libvirt - 9.0 at
+    least - refuses to hot-plug one: "'virtio-serial' controller cannot be hot plugged").
     """
     root = _parse(xml)
     dtype = root.get("type")
@@ -219,6 +224,9 @@ def plan_enable(xml, port_name=protocol.DEFAULT_PORT_NAME):
         return []
     plan = []
     if not virtio_serial_controllers(xml):
+        if live:
+            raise NeedsController("the running domain has no virtio-serial controller and libvirt cannot "
+                                  "hot-plug one")
         plan.append(("controller", controller_device_xml(0)))
     plan.append(("channel", channel_device_xml(port_name)))
     return plan

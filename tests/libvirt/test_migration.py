@@ -1,0 +1,25 @@
+"""Live migration A -> B -> A between two real libvirtds, each host with its own hostkvd."""
+import pytest
+
+from tests.harness import libvirt_hosts as lh
+from tests.libvirt.helpers import channels
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.vm]
+
+
+def test_live_migration_there_and_back(lv_hosts, guests):
+    a, b = lv_hosts["a"], lv_hosts["b"]
+    g = guests.start(a, "mig1", metadata_values={"vm.role": "web", "vm.app": "shop"}, persistent=False)
+    g.wait_booted()
+    g.wait_key("host.hostname", a.hostname, timeout=20)
+    for dst in (b, a):
+        src = g.host
+        lh.migrate(g.dom(), dst.conn)
+        g.host = dst
+        g.wait_key("host.hostname", dst.hostname, timeout=10)
+        assert g.key("host.rack") == "r" + dst.name
+        assert (g.key("vm.role"), g.key("vm.app")) == ("web", "shop")
+        cli = g.exec.run(cmd=["hostkv", "get", "host.hostname"])
+        assert cli["stdout"].strip() == dst.hostname, cli
+        assert "mig1" in channels(dst) and channels(dst)["mig1"]["path"] == g.hostkv_socket()
+        lh.wait_for(lambda: "mig1" not in channels(src), 5, what="source hostkvd to let go of mig1")
