@@ -16,6 +16,9 @@ import threading
 import time
 
 from hostkv import protocol
+from hostkv.agent import client, config
+from hostkv.agent.daemon import Agent
+from hostkv.agent.publish import read_current
 from hostkv.agent.port import Port, PortGone
 
 
@@ -216,3 +219,70 @@ class FakeHost(object):
 
     def ops(self, op):
         return [f for f in list(self.received) if f.get("op") == op]
+
+
+HOOK = """#!/bin/sh
+printf '%s|%s|%s|%s\\n' "$HOSTKV_SEQ" "$HOSTKV_CHANGED" "$HOSTKV_HOST_CHANGED" "$HOSTKV_HOST_ID" >> {out}
+"""
+
+
+class Rig(object):
+    """Agent thread + fake link + fake host sharing temp dirs; restartable."""
+
+    def __init__(self, tmp_path, **cfg):
+        self.tmp = tmp_path
+        self.run_dir = str(tmp_path / "run")
+        self.state_dir = str(tmp_path / "state")
+        self.hooks_dir = str(tmp_path / "hooks.d")
+        os.makedirs(self.hooks_dir, exist_ok=True)
+        self.cfg_kw = dict(run_dir=self.run_dir, state_dir=self.state_dir, hooks_dir=self.hooks_dir,
+                           sync_timeout=0.5, hook_timeout=5.0)
+        self.cfg_kw.update(cfg)
+        self.link = FakeLink()
+        self.locator = FakeLocator(self.link)
+        self.host = FakeHost(self.link, "hv1", {"host.hostname": "hv1.example", "vm.role": "db"})
+        self.agent = None
+        self.thread = None
+        self.errors = []
+
+    def start(self):
+        self.agent = Agent(config.Config(**self.cfg_kw), locator=self.locator)
+        self.thread = threading.Thread(target=self._run)
+        self.thread.daemon = True
+        self.thread.start()
+        assert self.agent.started.wait(5), "agent did not start"
+
+    def _run(self):
+        try:
+            self.agent.run()
+        except BaseException as err:      # noqa: BLE001 - surfaced by stop()
+            self.errors.append(err)
+
+    def stop(self):
+        if self.agent is not None:
+            self.agent.stop()
+            self.thread.join(10)
+            assert not self.thread.is_alive(), "agent thread did not stop"
+            assert self.errors == []
+            self.agent = None
+
+    def published(self):
+        try:
+            return read_current(self.run_dir)
+        except Exception:
+            return None
+
+    def wait_published(self, pred, what, timeout=5.0):
+        return wait_for(lambda: (lambda d: d if d is not None and pred(d) else None)(self.published()),
+                        timeout, what=what)
+
+    def ask(self, req, timeout=10.0):
+        return client.request(self.agent.cfg.socket, req, timeout)
+
+    def add_hook(self, name="10-record"):
+        out = self.tmp / ("%s.out" % name)
+        path = os.path.join(self.hooks_dir, name)
+        with open(path, "w") as f:
+            f.write(HOOK.format(out=out))
+        os.chmod(path, 0o755)
+        return out

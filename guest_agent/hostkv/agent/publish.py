@@ -150,7 +150,8 @@ class Publisher(object):
         except BaseException:
             rmtree(path)
             raise
-        _symlink_atomic(os.path.join(SNAPSHOTS, name), os.path.join(self.run_dir, CURRENT))
+        # the stable links first (dangling until the very first switch), so that once
+        # ``current`` exists every documented path resolves
         for link, target in STABLE_LINKS:
             full = os.path.join(self.run_dir, link)
             try:
@@ -159,6 +160,7 @@ class Publisher(object):
             except OSError:
                 pass
             _symlink_atomic(target, full)
+        _symlink_atomic(os.path.join(SNAPSHOTS, name), os.path.join(self.run_dir, CURRENT))
         keep = set([name])
         if previous:
             keep.add(previous)
