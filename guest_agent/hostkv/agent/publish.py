@@ -119,7 +119,7 @@ class Publisher(object):
         """Create the run dir and remove leftovers of killed publications."""
         for path in (self.run_dir, self.snap_dir):
             try:
-                os.mkdir(path, 0o755)
+                os.makedirs(path, 0o755)
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
