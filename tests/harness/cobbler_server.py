@@ -35,7 +35,8 @@ What runs where:
     last process, so nothing is ever left mounted on the machine.  The work dir is then removed
     (``keep=True`` keeps it for post-mortems).
 
-Network: only 127.0.0.1 (ports chosen free at start).  Start takes about 2-3 s.
+cobblerd and the front run without PYTHONPATH (like a production cobblerd); ``run``/``cli`` keep the
+caller's environment.  Network: only 127.0.0.1 (ports chosen free at start).  Start takes about 2-3 s.
 Every failure to start raises :class:`HarnessError` with the logs' tail: tests fail loudly.
 """
 
@@ -90,6 +91,14 @@ def _die_with_parent():
     """preexec_fn: SIGKILL this child when the test process dies (survives exec)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+
+
+def _daemon_env():
+    """cobblerd's environment: ours without PYTHONPATH (a production cobblerd does not see the
+    checkout, so e.g. hostkv's Cobbler modules fall back to their private protocol.py)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 def _tail(path, n=40):
@@ -260,7 +269,8 @@ class CobblerServer:
         self.front = subprocess.Popen(
             self._ns([PYTHON, os.path.abspath(__file__), "front", str(self.http_port),
                       str(self.xmlrpc_port)]),
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd="/")
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd="/",
+            env=_daemon_env())
         log.close()
         self._wait_ready()
 
@@ -268,7 +278,7 @@ class CobblerServer:
         log = open(os.path.join(self.workdir, "cobblerd.log"), "ab")
         self.cobblerd = subprocess.Popen(
             self._ns([PYTHON, COBBLERD_BIN, "-F"]), stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent, cwd="/")
+            preexec_fn=_die_with_parent, cwd="/", env=_daemon_env())
         log.close()
 
     def _wait_ready(self):

@@ -10,6 +10,11 @@ its final name, then swaps the ``hostkv`` symlink with ``rename(2)``: a client s
 the new one, never a half-written one.  The fingerprint is a hash of the RPMs' names and contents,
 so running it again with the same RPMs changes nothing (idempotent); old repos and leftovers of
 interrupted runs are removed afterwards.
+
+A client that read the old ``repomd.xml`` just before the swap then asks for the old metadata files
+and RPMs: the new repo therefore also carries the previous repo's ``repodata/*`` files and RPMs
+(hard links, not listed in the new metadata; createrepo_c's checksum-named metadata files never
+clash) for one generation, so such a client still completes its download.
 """
 
 import glob
@@ -23,6 +28,7 @@ LINK_NAME = "hostkv"
 REPO_PREFIX = ".hostkv-repo-"
 TMP_PREFIX = ".hostkv-tmp-"
 SOURCE_FILE = ".hostkv-source"
+OWN_FILE = ".hostkv-own"   # the repo's own files (relative), i.e. not carried over
 
 
 class PublishError(RuntimeError):
@@ -58,14 +64,15 @@ def publish(rpms, pub_dir, createrepo="createrepo_c"):
     if not (os.path.islink(link) and os.readlink(link) == os.path.basename(final)
             and os.path.isfile(os.path.join(final, "repodata", "repomd.xml"))):
         if not os.path.isfile(os.path.join(final, "repodata", "repomd.xml")):
-            _build(rpms, pub_dir, final, createrepo)
+            previous = os.path.realpath(link) if os.path.islink(link) else None
+            _build(rpms, pub_dir, final, createrepo, previous)
         _swap_link(link, os.path.basename(final))
         changed = True
     _cleanup(pub_dir, keep=os.path.basename(final))
     return final, changed
 
 
-def _build(rpms, pub_dir, final, createrepo):
+def _build(rpms, pub_dir, final, createrepo, previous=None):
     tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=pub_dir)
     try:
         for path in rpms:
@@ -80,6 +87,12 @@ def _build(rpms, pub_dir, final, createrepo):
         if proc.returncode != 0:
             raise PublishError("%s failed (exit %d): %s" % (createrepo, proc.returncode,
                                                             proc.stdout.strip()[-2000:]))
+        own = sorted(os.path.basename(p) for p in rpms) + sorted(
+            "repodata/" + n for n in os.listdir(os.path.join(tmp, "repodata")))
+        with open(os.path.join(tmp, OWN_FILE), "w") as f:
+            f.write("".join(n + "\n" for n in own))
+        if previous and os.path.isdir(previous):
+            _carry_over(previous, tmp)
         os.chmod(tmp, 0o755)   # mkdtemp makes it 0700; the web server must read it
         if os.path.isdir(final):
             shutil.rmtree(final)   # an incomplete repo under the final name (no repomd.xml)
@@ -87,6 +100,27 @@ def _build(rpms, pub_dir, final, createrepo):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _carry_over(previous, new):
+    """Hard-link the previous repo's own RPMs and metadata files into ``new`` where the name is free.
+
+    Only its *own* files (listed in .hostkv-own), so nothing is carried for more than one generation.
+    """
+    try:
+        with open(os.path.join(previous, OWN_FILE)) as f:
+            names = [n for n in f.read().splitlines() if n]
+    except OSError:
+        return
+    for rel in names:
+        if rel == "repodata/repomd.xml" or rel.startswith("/") or ".." in rel.split("/"):
+            continue
+        src, dst = os.path.join(previous, rel), os.path.join(new, rel)
+        if os.path.isfile(src) and not os.path.lexists(dst):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
 
 
 def _swap_link(link, target):

@@ -1,0 +1,226 @@
+"""Fast tests of the plugin's pieces without cobblerd (the real-cobblerd tests are beside these).
+
+Options validation, the config file, the repo publisher (with the real createrepo_c) and the
+installer with ``--root`` on a scratch tree.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tokenize
+
+import pytest
+
+from tests.harness.cobbler_server import PYTHON, REPO
+
+from cobbler_plugin.modules.hostkv._lib import config, options, publish  # noqa: E402
+
+INSTALLER = os.path.join(REPO, "cobbler_plugin", "hostkv_cobbler.py")
+
+
+# ---------------------------------------------------------------- options
+
+@pytest.mark.parametrize("word", ["1", "true", "TRUE", "Yes", "on", " On ", True, 1])
+def test_true_words(word):
+    assert options.parse_bool(word) is True
+
+
+@pytest.mark.parametrize("word", ["0", "false", "No", "OFF", False, 0])
+def test_false_words(word):
+    assert options.parse_bool(word) is False
+
+
+@pytest.mark.parametrize("word", ["", "maybe", "2", "y", None, 2.0])
+def test_not_boolean(word):
+    with pytest.raises(ValueError):
+        options.parse_bool(word)
+
+
+def test_check_meta_accepts_good_options_and_ignores_others():
+    meta = {"hostkv_enabled": "yes", "hostkv_gpgcheck": "0", "hostkv_vm_rack": "r1",
+            "hostkv_vm_a.b-c_d": "x" * 4096, "tree": "http://x", "other": None}
+    assert options.check_meta(meta) == []
+    assert options.vm_values(meta) == {"vm.rack": "r1", "vm.a.b-c_d": "x" * 4096}
+
+
+def test_check_meta_names_every_problem():
+    problems = options.check_meta({
+        "hostkv_enabled": "maybe", "hostkv_vm_bad key": "1", "hostkv_vm_big": "é" * 2049,
+        "hostkv_enable": "1", "hostkv_vm_dup": ["a", "b"], "hostkv_vm_none": None,
+        "hostkv_vm_" + "k" * 130: "v"})
+    text = "\n".join(problems)
+    assert len(problems) == 7, text
+    for needle in ("hostkv_enabled=maybe", "vm.bad key", "value of vm.big is 4098 bytes",
+                   "hostkv_enable is not a hostkv option", "hostkv_vm_dup is given 2 times",
+                   "hostkv_vm_none has no value", "longer than 128 bytes"):
+        assert needle in text
+
+
+def test_too_many_vm_keys():
+    meta = dict(("hostkv_vm_k%d" % i, "v") for i in range(257))
+    assert options.check_meta(meta) == ["257 hostkv_vm_* options, the limit is 256"]
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_defaults_and_values(tmp_path):
+    assert config.load(str(tmp_path / "missing.conf")) == config.DEFAULTS
+    path = tmp_path / "c.conf"
+    path.write_text("# comment\n\nrpm_dir = /srv/rpms\n  rpm_pattern=hostkv-*.rpm  \n")
+    conf = config.load(str(path))
+    assert conf["rpm_dir"] == "/srv/rpms" and conf["rpm_pattern"] == "hostkv-*.rpm"
+    assert conf["createrepo"] == "createrepo_c"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("rpm_dir = /x\nrpmdir = /y\n", "c.conf:2: unknown key 'rpmdir'"),
+    ("rpm_dir /x\n", "c.conf:1: expected 'key = value'"),
+    ("# x\nrpm_dir =\n", "c.conf:2: rpm_dir has an empty value"),
+])
+def test_config_errors_name_the_line(tmp_path, text, needle):
+    path = tmp_path / "c.conf"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(str(path))
+    assert needle in str(err.value)
+
+
+# ---------------------------------------------------------------- publish (real createrepo_c)
+
+@pytest.fixture(scope="module")
+def rpm_dir(tmp_path_factory):
+    from tests.cobbler.cobbler_setup import make_rpms
+    return os.path.dirname(str(make_rpms(str(tmp_path_factory.mktemp("udist"))).agent))
+
+
+def test_publish_is_atomic_idempotent_and_cleans_up(rpm_dir, tmp_path):
+    pub = str(tmp_path / "pub")
+    rpms = publish.find_rpms(rpm_dir, "hostkv-agent-*.noarch.rpm")
+    assert len(rpms) == 1 and not any(p.endswith(".src.rpm") for p in rpms)
+    os.makedirs(pub)
+    os.mkdir(os.path.join(pub, publish.TMP_PREFIX + "crashed"))   # leftover of an interrupted run
+    repo, changed = publish.publish(rpms, pub)
+    assert changed and os.path.islink(os.path.join(pub, "hostkv"))
+    assert os.path.isfile(os.path.join(pub, "hostkv", "repodata", "repomd.xml"))
+    assert sorted(os.listdir(pub)) == sorted(["hostkv", os.path.basename(repo)])
+    mtime = os.stat(os.path.join(repo, "repodata", "repomd.xml")).st_mtime_ns
+    assert publish.publish(rpms, pub) == (repo, False)
+    assert os.stat(os.path.join(repo, "repodata", "repomd.xml")).st_mtime_ns == mtime
+
+    # a second RPM: new repo beside, link swapped, old repo gone, old files carried one generation
+    extra = tmp_path / "more"
+    extra.mkdir()
+    shutil.copy(rpms[0], str(extra / os.path.basename(rpms[0])))
+    second = str(extra / os.path.basename(rpms[0]).replace("hostkv-agent", "hostkv-agent-copy"))
+    shutil.copy(rpms[0], second)
+    repo2, changed = publish.publish(sorted([str(extra / os.path.basename(rpms[0])), second]), pub)
+    assert changed and repo2 != repo and not os.path.exists(repo)
+    assert os.readlink(os.path.join(pub, "hostkv")) == os.path.basename(repo2)
+    old_md = set(os.listdir(os.path.join(repo2, "repodata")))
+    assert len(old_md) > 5   # own metadata + the previous generation's checksum-named files
+
+
+def test_publish_failure_keeps_the_live_repo(rpm_dir, tmp_path):
+    pub = str(tmp_path / "pub")
+    rpms = publish.find_rpms(rpm_dir, "hostkv-agent-*.noarch.rpm")
+    repo, _ = publish.publish(rpms, pub)
+    bad = tmp_path / "bad.noarch.rpm"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(publish.PublishError):
+        publish.publish([str(bad)], pub, createrepo="/bin/false")
+    assert os.readlink(os.path.join(pub, "hostkv")) == os.path.basename(repo)
+    assert not any(n.startswith(publish.TMP_PREFIX) for n in os.listdir(pub))
+    with pytest.raises(publish.PublishError):
+        publish.publish([], pub)
+
+
+# ---------------------------------------------------------------- installer with --root
+
+SETTINGS = """# Cobbler settings (excerpt)
+autoinstall_snippets_dir: /var/lib/cobbler/snippets
+autoinstall_templates_dir: /var/lib/cobbler/templates
+include: [ "/etc/cobbler/settings.d/*.settings" ]
+"""
+
+
+def run_installer(*args):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([PYTHON, INSTALLER] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=60)
+
+
+def tree(root):
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        out.add(os.path.relpath(dirpath, root))
+        out.update(os.path.relpath(os.path.join(dirpath, n), root) for n in filenames)
+    return out
+
+
+def test_installer_root_install_status_uninstall(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/cobbler/settings.d").mkdir(parents=True)
+    (root / "etc/cobbler/settings.yaml").write_text(SETTINGS)
+    # an include overrides the snippets dir, as Cobbler's own settings.d files may
+    (root / "etc/cobbler/settings.d/zz.settings").write_text(
+        "autoinstall_snippets_dir: /srv/snippets\n")
+    (root / "var/lib/cobbler/templates").mkdir(parents=True)
+    (root / "var/lib/cobbler/templates/sample.ks").write_text("# Cobbler's own\n")
+    cobbler_dir = "/opt/cobbler-site/cobbler"
+    (root / cobbler_dir.lstrip("/") / "modules").mkdir(parents=True)
+    before = tree(str(root))
+    args = ["--root", str(root), "--cobbler-dir", cobbler_dir]
+
+    assert run_installer("status", *args).returncode == 3
+    first = run_installer("install", *args)
+    assert first.returncode == 0, first.stderr
+    assert "restart cobblerd" in first.stdout
+    assert (root / "srv/snippets/hostkv_agent").is_file()
+    assert (root / "var/lib/cobbler/templates/sample_hostkv.ks").is_file()
+    modules = root / cobbler_dir.lstrip("/") / "modules" / "hostkv"
+    assert (modules / "sync_post_publish.py").is_file() and (modules / "_lib/protocol.py").is_file()
+    manifest = json.loads((root / "var/lib/hostkv-cobbler/manifest.json").read_text())
+    assert "/srv/snippets/hostkv_agent" in manifest["files"]          # paths without --root
+    assert all(not p.startswith(str(root)) for p in manifest["files"])
+
+    again = run_installer("install", *args)
+    assert "(0 written, 0 removed)" in again.stdout
+    assert run_installer("status", *args).returncode == 0
+
+    (root / "srv/snippets/hostkv_agent").write_text("edited\n")
+    status = run_installer("status", *args)
+    assert status.returncode == 1 and "modified /srv/snippets/hostkv_agent" in status.stdout
+
+    (modules / "__pycache__").mkdir()                      # what cobblerd's import leaves
+    (modules / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    gone = run_installer("uninstall", *args)
+    assert gone.returncode == 0, gone.stderr
+    assert tree(str(root)) == before
+    assert run_installer("uninstall", *args).returncode == 0     # idempotent
+
+
+def test_installer_errors_are_clear(tmp_path):
+    proc = run_installer("install", "--root", str(tmp_path))
+    assert proc.returncode == 1
+    assert "cannot read Cobbler's settings %s/etc/cobbler/settings.yaml" % tmp_path in proc.stderr
+    (tmp_path / "s.yaml").write_text("autoinstall_snippets_dir: relative/dir\n")
+    proc = run_installer("install", "--settings", str(tmp_path / "s.yaml"), "--root", str(tmp_path))
+    assert proc.returncode == 1 and "no absolute autoinstall_snippets_dir" in proc.stderr
+
+
+def test_plugin_code_is_python36_compatible():
+    """The modules run inside cobblerd (Cobbler 3.3 supports Python 3.6): no f-strings, no walrus."""
+    src = os.path.join(REPO, "cobbler_plugin")
+    for dirpath, _, names in os.walk(src):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(dirpath, name), "rb") as f:
+                for tok in tokenize.tokenize(f.readline):
+                    if tok.type == tokenize.STRING:
+                        prefix = tok.string[:tok.string.index(tok.string[-1])].lower()
+                        assert "f" not in prefix, "%s:%d f-string" % (name, tok.start[0])
+                    assert tok.string != ":=", "%s:%d walrus" % (name, tok.start[0])
+                    assert getattr(tokenize, "FSTRING_START", None) != tok.type
