@@ -226,12 +226,15 @@ def test_option_set_over_xmlrpc(objects, tmp_path):
     assert hostkv_block(render(s, "profile", "hk-rpc")) is None
     api, tok = s.xmlrpc, s.token
     handle = api.get_profile_handle("hk-rpc", tok)
-    api.modify_profile(handle, "autoinstall_meta", {"hostkv_enabled": "On", "hostkv_gpgcheck": "1"},
-                       tok)
+    key = s.url + "/cobbler/pub/RPM-GPG-KEY-hostkv"
+    api.modify_profile(handle, "autoinstall_meta", {"hostkv_enabled": "On", "hostkv_gpgcheck": "1",
+                                                    "hostkv_gpgkey": key}, tok)
     api.save_profile(handle, tok)
     assert api.get_profile("hk-rpc")["autoinstall_meta"]["hostkv_enabled"] == "On"
     ks = fetch(s.url + "/cblr/svc/op/autoinstall/profile/hk-rpc").decode()
     assert "hostkv_gpgcheck=1" in hostkv_block(ks)
+    assert "hostkv_gpgkey='%s'" % key in hostkv_block(ks)
+    bash_n(post_section(ks))
     ksvalidate(ks, tmp_path, "rpc")
     # the "k=v k2=v2" string form works too
     handle = api.get_profile_handle("hk-rpc", tok)
@@ -248,6 +251,7 @@ def test_option_set_over_xmlrpc(objects, tmp_path):
     ("hostkv_vm_big=" + "x" * 5000, "value of vm.big is 5000 bytes, the limit is 4096"),
     ("hostkv_enable=1", "hostkv_enable is not a hostkv option"),
     ("hostkv_vm_rack", "hostkv_vm_rack has no value"),
+    ("hostkv_gpgkey=http://x/$(reboot)", "hostkv_gpgkey=http://x/$(reboot): not a URL"),
 ])
 def test_malformed_option_on_a_new_system_is_rejected(objects, meta, message):
     s = objects

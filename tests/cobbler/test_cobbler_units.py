@@ -57,6 +57,15 @@ def test_check_meta_names_every_problem():
         assert needle in text
 
 
+@pytest.mark.parametrize("url, ok", [
+    ("http://10.0.0.1/pub/RPM-GPG-KEY", True), ("file:///etc/pki/rpm-gpg/KEY", True),
+    ("https://h:8443/k?x=1", True), ("http://h/k'$(reboot)", False), ("/etc/key", False),
+    ("http://h/a b", False), ("", False), ("http://h/k\n", False),
+])
+def test_gpgkey_must_be_a_plain_url(url, ok):
+    assert (options.check_meta({"hostkv_gpgkey": url}) == []) is ok
+
+
 def test_too_many_vm_keys():
     meta = dict(("hostkv_vm_k%d" % i, "v") for i in range(257))
     assert options.check_meta(meta) == ["257 hostkv_vm_* options, the limit is 256"]

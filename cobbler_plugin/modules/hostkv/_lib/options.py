@@ -5,6 +5,8 @@ Options (every key starting with ``hostkv_`` belongs to hostkv; anything else is
 ``hostkv_enabled``   boolean word: 1/true/yes/on or 0/false/no/off (any case).  When true, the
                      ``hostkv_agent`` snippet installs hostkv-agent in the kickstart's %post.
 ``hostkv_gpgcheck``  boolean word, default 0: ``gpgcheck`` of the generated hostkv.repo.
+``hostkv_gpgkey``    optional URL of the key the RPMs are signed with (``gpgkey=`` of hostkv.repo);
+                     http(s)/file/ftp, no whitespace or quotes (it is written into a shell script).
 ``hostkv_vm_<name>`` a per-guest value: key ``vm.<name>``, which must pass
                      ``hostkv.protocol.validate_key``/``validate_value`` (consumed by koan).
 
@@ -15,6 +17,8 @@ The wire limits come from ``hostkv.protocol`` when it is importable on the Cobbl
 the copy that ``hostkv-cobbler install`` ships beside this file (``_lib/protocol.py``).
 """
 
+import re
+
 try:
     from hostkv import protocol  # the Cobbler server has hostkv on its path
 except ImportError:  # pragma: no cover - depends on the server
@@ -23,6 +27,8 @@ except ImportError:  # pragma: no cover - depends on the server
 PREFIX = "hostkv_"
 VM_PREFIX = "hostkv_vm_"
 BOOLEAN_OPTIONS = ("hostkv_enabled", "hostkv_gpgcheck")
+URL_OPTIONS = ("hostkv_gpgkey",)
+_URL_RE = re.compile(r"\A(?:https?|ftp|file)://[^\s'\"\\`$]+\Z")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -60,6 +66,11 @@ def _one(option, value):
         except ValueError as err:
             return "%s=%s: %s" % (option, value, err)
         return None
+    if option in URL_OPTIONS:
+        if not isinstance(value, str) or not _URL_RE.match(value):
+            return ("%s=%s: not a URL (http://, https://, ftp:// or file://; no spaces, quotes, "
+                    "backslashes, backquotes or $)" % (option, value))
+        return None
     if option.startswith(VM_PREFIX):
         key = vm_key(option)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -71,7 +82,7 @@ def _one(option, value):
             return "%s (hostkv key %s): %s" % (option, key, err)
         return None
     return ("%s is not a hostkv option (known: %s, %s<name>)"
-            % (option, ", ".join(BOOLEAN_OPTIONS), VM_PREFIX))
+            % (option, ", ".join(BOOLEAN_OPTIONS + URL_OPTIONS), VM_PREFIX))
 
 
 def check_meta(meta):
