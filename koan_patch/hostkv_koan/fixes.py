@@ -3,10 +3,12 @@
 Each ``wrap_*`` takes koan's original function and returns the wrapper the hook installs in its
 place; the wrapper calls the original for everything it does not fix.
 
-  autoinstall  koan.app.Koan.get_data: Cobbler 3.3 sends ``autoinstall`` (a template name) where
-               koan reads ``autoinst``/``kickstart`` -> "Cannot find install source in autoinst
-               file, aborting."  Fix: set ``autoinst`` to the object's rendered-autoinstall URL,
-               http://<http_server>/cblr/svc/op/autoinstall/<profile|system>/<name>.
+  autoinstall  koan.app.Koan.get_data: Cobbler 3.3 sends ``autoinstall`` (a template name, e.g.
+               "sample.ks") where koan reads ``autoinst`` (or, falling back, ``kickstart``, which
+               Cobbler 3.3 also fills with the template name after a restart) as a URL ->
+               "Cannot find install source in autoinst file, aborting."  Fix: unless
+               ``autoinst`` already is a URL/path, set it to the object's rendered-autoinstall
+               URL, http://<http_server>/cblr/svc/op/autoinstall/<profile|system>/<name>.
   port         koan.app.Koan.get_install_tree_from_autoinst: builds the kickstart URL from
                --server alone, so with --port=P it reads http://SERVER/... (port 80).  Fix: while
                it runs, koan's server is "SERVER:P".
@@ -30,16 +32,24 @@ def autoinstall_url(data, what):
     return "http://%s/cblr/svc/op/autoinstall/%s/%s" % (data["http_server"], what, data["name"])
 
 
+def _is_location(value):
+    """True for what koan can read an autoinstall file from (a URL or an absolute path)."""
+    return isinstance(value, str) and value.startswith(("http://", "https://", "nfs://", "file:", "/"))
+
+
 def wrap_get_data(orig):
     @functools.wraps(orig)
     def get_data(self, what, name=None):
         data = orig(self, what, name)
-        if name is not None and what in ("profile", "system") and isinstance(data, dict):
-            if not data.get("autoinst") and not data.get("kickstart"):
-                template = data.get("autoinstall")
-                if template and template not in ("~", INHERIT) and data.get("http_server") \
-                        and data.get("name"):
-                    data["autoinst"] = autoinstall_url(data, what)
+        if name is not None and what in ("profile", "system") and isinstance(data, dict) \
+                and not _is_location(data.get("autoinst")):
+            # Cobbler 3.3: "autoinstall" (and, once cobblerd has reloaded its collections, a
+            # legacy "kickstart") hold a TEMPLATE NAME such as "sample.ks", which koan would
+            # try to read as a URL; the rendered file is served by Cobbler's svc app.
+            template = data.get("autoinstall") or data.get("kickstart")
+            if template and template not in ("~", INHERIT) and data.get("http_server") \
+                    and data.get("name"):
+                data["autoinst"] = autoinstall_url(data, what)
         return data
     return get_data
 
