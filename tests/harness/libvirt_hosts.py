@@ -427,11 +427,13 @@ class GuestExec(object):
         self._sock_path = sock_path
         self._next = 0
 
-    def run(self, sh=None, cmd=None, timeout=30.0, check=False):
+    def run(self, sh=None, cmd=None, timeout=30.0, check=False, stdin=None):
         import json
         import socket
         self._next += 1
         req = {"id": self._next, "timeout": timeout}
+        if stdin is not None:
+            req["stdin"] = stdin
         if sh is not None:
             req["sh"] = sh
         else:
