@@ -13,7 +13,7 @@ import sys
 import time
 
 from hostkv import protocol
-from hostkv.agent import client, config
+from hostkv.agent import VERSION, client, config
 from hostkv.agent.publish import NoData, read_current
 
 EXIT_OK = 0
@@ -297,6 +297,7 @@ def build_parser():
                                                         "default /run/hostkv)")
     parser.add_argument("--socket", default=None, help="agent control socket (env HOSTKV_SOCKET, "
                                                        "default RUN_DIR/agent.sock)")
+    parser.add_argument("--version", action="version", version="hostkv " + VERSION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("get", help="print one value exactly (no newline added)",

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from hostkv import protocol
+from hostkv.agent import VERSION
 
 # (attribute, flag, environment variable, default, help)
 PATH_SETTINGS = (
@@ -94,6 +95,7 @@ def build_parser():
     parser.add_argument("--resync-interval", type=_non_negative, default=300.0,
                         help="seconds between periodic re-syncs while connected, 0 = never (default 300)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug events too")
+    parser.add_argument("--version", action="version", version="hostkv-agent " + VERSION)
     return parser
 
 
