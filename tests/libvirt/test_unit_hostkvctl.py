@@ -1,0 +1,134 @@
+"""Fast unit tests of hostkvctl: arguments, exit codes, output; libvirt = test:///default, and a
+tiny stand-in for hostkvd's control socket (the real one is exercised by the other libvirt tests)."""
+import io
+import json
+import os
+import socket
+import threading
+
+import libvirt
+import pytest
+
+from hostkv.hostkvctl import cli
+
+URI = "test:///default"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_test_driver():
+    """test:///default forgets its state when its last connection closes: hold one open."""
+    conn = libvirt.open(URI)
+    yield conn
+    conn.close()
+
+
+def run(args, control=None):
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["--connect", URI] + (["--control-socket", control] if control else []) + args
+    code = cli.main(argv, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def fake_hostkvd(tmp_path):
+    """A control socket answering like hostkvd; records the requests."""
+    path = str(tmp_path / "ctl.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    requests = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                req = json.loads(data)
+                requests.append(req)
+                if req["op"] == "status":
+                    reply = {"ok": True, "status": {
+                        "server": "hostkvd/x", "pid": 1, "host_id": "hid", "config": "/c",
+                        "host_values": {"host.hostname": "h1"},
+                        "channels": [{"label": "web1", "state": "connected", "generation": 5, "pushes": 2,
+                                      "connects": 1, "path": "/p"}]}}
+                elif req["op"] == "host-unset" and "host.nope" in req["keys"]:
+                    reply = {"ok": False, "error": "not set in /c: host.nope"}
+                else:
+                    reply = {"ok": True, "message": "reloaded; pushed to 1 guest(s)"}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield path, requests
+    srv.close()
+
+
+def test_key_scoping_and_validation():
+    assert cli.parse_assignments(["role=web", "vm.x=a=b", "e="], "vm") == {
+        "vm.role": "web", "vm.x": "a=b", "vm.e": ""}
+    assert cli.parse_assignments(["rack=r1"], "host") == {"host.rack": "r1"}
+    for bad in (["novalue"], ["host.x=1"], ["bad key=1"], ["k=" + "v" * 5000]):
+        with pytest.raises(cli.Failure) as exc:
+            cli.parse_assignments(bad, "vm")
+        assert exc.value.code == cli.EXIT_USAGE
+
+
+def test_status_and_host_keys_via_control_socket(fake_hostkvd):
+    path, requests = fake_hostkvd
+    code, out, _ = run(["status"], path)
+    assert code == 0 and "host_id hid" in out and "web1" in out and "host.hostname = \"h1\"" in out
+    code, out, _ = run(["status", "--json"], path)
+    assert code == 0 and json.loads(out)["channels"][0]["label"] == "web1"
+    code, out, _ = run(["host", "set", "rack=r12", "host.row=3"], path)
+    assert code == 0 and requests[-1] == {"op": "host-set", "values": {"host.rack": "r12", "host.row": "3"}}
+    code, _, err = run(["host", "unset", "nope"], path)
+    assert code == cli.EXIT_FAILED and "not set" in err
+    code, _, err = run(["host", "set", "vm.role=x"], path)
+    assert code == cli.EXIT_USAGE
+
+
+def test_daemon_unreachable_is_exit_3(tmp_path):
+    code, _, err = run(["status"], str(tmp_path / "none.sock"))
+    assert code == cli.EXIT_NO_DAEMON and "not running" in err
+
+
+def test_vm_keys_on_test_driver():
+    code, out, _ = run(["vm", "set", "test", "role=web", "tier=1"])
+    assert code == 0 and "test: set (config, live)" in out
+    code, out, _ = run(["vm", "get", "test"])
+    assert out.split() == ["vm.role=web", "vm.tier=1"]
+    code, out, _ = run(["vm", "unset", "test", "tier"])
+    assert code == 0
+    code, out, _ = run(["vm", "get", "test", "--json", "--config"])
+    assert json.loads(out) == {"vm.role": "web"}
+    code, _, err = run(["vm", "unset", "test", "never"])
+    assert code == cli.EXIT_FAILED and "vm.never" in err
+    code, _, err = run(["vm", "get", "nosuch"])
+    assert code == cli.EXIT_NO_LIBVIRT
+    conn = libvirt.open(URI)
+    try:   # other metadata of the domain is untouched
+        dom = conn.lookupByName("test")
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<x>1</x>", "o", "urn:other", 0)
+        run(["vm", "set", "test", "role=db"])
+        assert dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "urn:other", 0) == "<x>1</x>"
+    finally:
+        conn.close()
+
+
+def test_enable_needs_domains_or_all():
+    assert run(["enable"])[0] == cli.EXIT_USAGE
+    assert run(["enable", "--all", "test"])[0] == cli.EXIT_USAGE
+    code, _, err = run(["enable", "test"])       # a 'test' driver domain has no virtio: refused
+    assert code == cli.EXIT_FAILED and "cannot enable hostkv on test" in err
+
+
+def test_not_root_is_exit_5(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert run(["status"])[0] == cli.EXIT_NOT_ROOT
