@@ -34,21 +34,16 @@ def _parser():
 
 
 def _reexec(python, argv):
-    """Run this same command under ``python`` (without --python)."""
-    script = os.path.join(os.path.dirname(installer.CODE_DIR), "koan_patch", "bin", "hostkv-koan")
-    if not os.path.isfile(script):
-        script = os.path.join(installer.CODE_DIR, "bin", "hostkv-koan")
+    """Run this same command (sys.argv[0]) under ``python``, without --python."""
     rest, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
-            continue
-        if a == "--python":
+        elif a == "--python":
             skip = True
-            continue
-        if a.startswith("--python="):
-            continue
-        rest.append(a)
+        elif not a.startswith("--python="):
+            rest.append(a)
+    script = os.path.realpath(sys.argv[0])
     os.execv(python, [python, script] + rest)
 
 
@@ -74,7 +69,9 @@ def _print_status(st):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.python and os.path.realpath(args.python) != os.path.realpath(sys.executable):
+    if args.python:
+        # Always re-run: a venv's python and the system's resolve to the same binary but see
+        # different site-packages.  The re-run has no --python, so this cannot loop.
         _reexec(args.python, argv)
     if not args.command:
         _parser().print_usage(sys.stderr)

@@ -8,6 +8,9 @@ in :data:`WRAPS` with wrappers (each marked, so wrapping is idempotent; the orig
 ``__wrapped__``).  ``lib_dirs`` (where ``hostkv/protocol.py`` and ``hostkv/hostkvd/`` live) are
 put on ``sys.path`` only then, so processes that never import koan are untouched.
 
+The koan version is checked when its first module is patched: a version hostkv-koan does not
+support is left stock (with one line on stderr) unless the extension was installed with --force.
+
 Pieces named in $HOSTKV_KOAN_DISABLE (comma separated: autoinstall, port, filesize, bridge,
 hostkv) are left as stock koan has them.  A function koan no longer has is reported on stderr and
 skipped (``hostkv-koan status`` lists what is wrapped).
@@ -39,6 +42,8 @@ WRAPS = {
 }
 
 _lib_dirs = []
+_settings = {"force": False}
+_version_verdict = {}
 
 
 def disabled_pieces(environ=None):
@@ -66,8 +71,26 @@ def _resolve(module, path):
     return owner, parts[-1], getattr(owner, parts[-1])
 
 
+def _koan_supported(module):
+    """Is the koan that ``module`` belongs to a supported version (or were we installed --force)?"""
+    site = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+    if site not in _version_verdict:
+        from hostkv_koan import SUPPORTED_KOAN_VERSIONS
+        from hostkv_koan.installer import koan_version
+        version = koan_version(site)
+        ok = version in SUPPORTED_KOAN_VERSIONS or _settings["force"]
+        if not ok:
+            sys.stderr.write("hostkv-koan: koan %s is not a supported version (%s); koan runs "
+                             "unmodified (hostkv-koan install --force to wrap it anyway)\n"
+                             % (version or "(unknown)", ", ".join(SUPPORTED_KOAN_VERSIONS)))
+        _version_verdict[site] = ok
+    return _version_verdict[site]
+
+
 def patch_module(module):
     """Wrap the functions of ``module`` listed in WRAPS; returns [(path, piece, state)]."""
+    if not _koan_supported(module):
+        return [(path, piece, "unsupported koan") for path, piece, _ in WRAPS.get(module.__name__, ())]
     for d in _lib_dirs:
         if d not in sys.path:
             sys.path.append(d)
@@ -127,8 +150,9 @@ class KoanFinder(object):
         pass
 
 
-def activate(lib_dirs=()):
+def activate(lib_dirs=(), force=False):
     """Install the finder once; patch any koan module that is already imported."""
+    _settings["force"] = bool(force)
     for d in lib_dirs:
         if d not in _lib_dirs:
             _lib_dirs.append(d)

@@ -88,14 +88,15 @@ def pth_path(koan):
     return os.path.join(koan.site_dir, PTH_NAME)
 
 
-def pth_text(code_dir, lib_dirs):
+def pth_text(code_dir, lib_dirs, force=False):
     """The exact content of hostkv_koan.pth."""
     return ("%s %s: hostkv channel + Cobbler 3.3 fixes for koan %s. "
             "Remove with: hostkv-koan uninstall\n"
             "import os, sys; p = %r; os.path.isfile(os.path.join(p, 'hostkv_koan', 'hook.py')) and "
             "(p in sys.path or sys.path.append(p) or True) and "
-            "__import__('hostkv_koan.hook').hook.activate(%r)\n"
-            % (MARKER, VERSION, "/".join(SUPPORTED_KOAN_VERSIONS), code_dir, list(lib_dirs)))
+            "__import__('hostkv_koan.hook').hook.activate(%r, force=%r)\n"
+            % (MARKER, VERSION, "/".join(SUPPORTED_KOAN_VERSIONS), code_dir, list(lib_dirs),
+               bool(force)))
 
 
 def _read(path):
@@ -136,7 +137,7 @@ def install(force=False, lib_dirs=None, koan=None):
         raise InstallError("hostkv's host code is not found in %s (missing %s): install "
                            "hostkv-host, or pass --lib DIR" % (", ".join(lib_dirs), ", ".join(missing)))
     path = pth_path(koan)
-    text = pth_text(CODE_DIR, lib_dirs)
+    text = pth_text(CODE_DIR, lib_dirs, force=force and not koan.supported)
     current = _read(path)
     if current == text:
         return "already installed: %s" % path
