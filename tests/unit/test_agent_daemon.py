@@ -270,3 +270,21 @@ def test_graceful_stop_marks_data_stale(rig):
     doc = rig.published()
     assert doc["stale"] is True and doc["connected"] is False
     assert not os.path.exists(os.path.join(rig.run_dir, "agent.sock"))
+
+
+def test_host_answering_every_sync_with_bad_data_does_not_make_us_spin(rig):
+    """300 keys break the 256-key limit: every snapshot is refused and a resync started;
+    the agent backs off instead of ping-ponging syncs with the host at full speed."""
+    rig.host.snapshot = rig.host.snapshot.__class__(
+        "hv1", 1, dict(("host.k%d" % i, "v") for i in range(300)))
+    rig.start()
+    rig.host.connect()
+    time.sleep(2.0)
+    syncs = len(rig.host.ops("sync"))
+    assert 2 <= syncs <= 12, syncs
+    assert rig.published() is None
+    assert rig.ask({"op": "status"})["connected"] is True
+    # the host fixes its data: the agent recovers on its own (next held-back sync, <= 5 s)
+    rig.host.set(values={"host.hostname": "fixed"}, push=False)
+    doc = rig.wait_published(lambda d: True, "recovery", timeout=8)
+    assert doc["values"] == {"host.hostname": "fixed"}

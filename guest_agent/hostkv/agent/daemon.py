@@ -92,6 +92,8 @@ class Agent(object):
         self._last_reason = None
         self._discard_logged_at = None
         self._discarded = 0
+        self._discard_streak = 0     # consecutive syncs ended by bad input (reset by good data)
+        self._hold_until = None      # hold the outbox until then (backoff after bad input)
         self._stop = False
         self._resync_requested = False
         self._wake_r, self._wake_w = os.pipe()
@@ -246,6 +248,8 @@ class Agent(object):
         deadlines.extend(g.deadline for g in self.live_inflight.values())
         if self._publish_retry_at is not None:
             deadlines.append(self._publish_retry_at)
+        if self._hold_until is not None and self.outbox:
+            deadlines.append(self._hold_until)
         return min(deadlines)
 
     def _timers(self, now):
@@ -280,6 +284,9 @@ class Agent(object):
         self._fail_live(expired, "timeout", "the host did not answer in time")
         if self._publish_retry_at is not None and now >= self._publish_retry_at:
             self._publish()
+        if self._hold_until is not None and now >= self._hold_until:
+            self._hold_until = None
+            self._flush()
 
     # ------------------------------------------------------------ the port
 
@@ -320,6 +327,8 @@ class Agent(object):
         self.session.connected()
         self._requeue_inflight()
         self._sync_retries = 0
+        self._discard_streak = 0
+        self._hold_until = None
         self._note_sync(now)
         self.log.info("host connected on %s", self.port.path)
         if self.record is not None and not self.record.connected:
@@ -385,8 +394,10 @@ class Agent(object):
 
     def _feed(self, data):
         now = self.clock()
+        discarded = False
         for event in self.session.receive(data):
             if isinstance(event, protocol.SnapshotReceived):
+                self._discard_streak = 0
                 self._on_snapshot(event.snapshot)
             elif isinstance(event, protocol.Resynced):
                 self.stats["syncs"] += 1
@@ -399,10 +410,19 @@ class Agent(object):
             elif isinstance(event, protocol.ReplyReceived):
                 self._on_reply(event.frame)
             elif isinstance(event, protocol.InputDiscarded):
+                discarded = True
                 self._on_discarded(event.error, now)
         if self.session.sync_token is not None and self.session.sync_token != self._sync_token:
             self._note_sync(now)             # the session started a sync after bad input
             self._requeue_inflight()
+            if discarded:
+                # a host that answers every sync with bad data must not make us spin:
+                # hold the new sync back, 0.1 s doubling to 5 s while it goes on
+                self._discard_streak += 1
+                if self._discard_streak > 1:
+                    hold = min(0.05 * 2 ** (self._discard_streak - 1), 5.0)
+                    self._hold_until = now + hold
+                    self._sync_started = now + hold
         self._send()
 
     def _on_discarded(self, error, now):
@@ -434,6 +454,8 @@ class Agent(object):
         self._flush()
 
     def _flush(self):
+        if self._hold_until is not None and self.clock() < self._hold_until:
+            return
         while self.outbox and self.connected and self.port is not None:
             try:
                 n = self.port.write(bytes(self.outbox[:65536]))

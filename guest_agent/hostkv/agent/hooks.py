@@ -67,7 +67,7 @@ class HookJob(object):
         env = dict(os.environ)
         env.update(HOSTKV_SEQ=str(self.seq), HOSTKV_CHANGED=" ".join(sorted(self.changed)),
                    HOSTKV_HOST_CHANGED="1" if self.host_changed else "0",
-                   HOSTKV_HOST_ID=self.host_id or "", HOSTKV_RUN_DIR=run_dir)
+                   HOSTKV_HOST_ID=(self.host_id or "").replace("\0", ""), HOSTKV_RUN_DIR=run_dir)
         return env
 
 
@@ -138,7 +138,7 @@ class HookRunner(object):
             proc = subprocess.Popen([path], env=job.environ(self.run_dir), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             self.log.error("hook %s could not start: %s", path, err)
             return
         try:
