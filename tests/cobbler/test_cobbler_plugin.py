@@ -186,6 +186,30 @@ def test_republish_is_idempotent_and_swaps_atomically(hostkv_cobbler, tmp_path):
     assert os.readlink(link) == first   # same RPMs -> same repo name again
 
 
+def test_sync_without_rpms_or_with_a_bad_config(hostkv_cobbler, tmp_path):
+    """No RPMs: a warning, the live repo stays, sync succeeds.  A config typo: sync fails, naming
+    the file and line."""
+    s = hostkv_cobbler
+    link = s.path("/var/www/cobbler/pub/hostkv")
+    first = os.readlink(link)
+    conf = s.path("/etc/hostkv/cobbler.conf")
+    original = open(conf).read()
+    try:
+        with open(conf, "w") as f:
+            f.write("rpm_dir = %s\n" % tmp_path)
+        out = s.cli(["sync"]).stdout
+        assert "hostkv: no RPMs match hostkv-agent-*.noarch.rpm in %s" % tmp_path in out
+        assert "*** TASK COMPLETE ***" in out and os.readlink(link) == first
+        with open(conf, "w") as f:
+            f.write("# hostkv\nrpm-dir = /x\n")
+        proc = s.cli(["sync"], check=False)
+        assert "hostkv: /etc/hostkv/cobbler.conf:2: unknown key 'rpm-dir'" in proc.stdout
+        assert "TASK FAILED" in proc.stdout and os.readlink(link) == first
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+
+
 # ---------------------------------------------------------------- rendering
 
 def test_profile_renders_with_and_without_hostkv(objects, tmp_path):
@@ -252,7 +276,7 @@ def test_option_set_over_xmlrpc(objects, tmp_path):
     ("hostkv_enable=1", "hostkv_enable is not a hostkv option"),
     ("hostkv_vm_rack", "hostkv_vm_rack has no value"),
     ("hostkv_gpgkey=http://x/$(reboot)", "hostkv_gpgkey=http://x/$(reboot): not a URL"),
-])
+], ids=["not-boolean", "bad-key", "value-too-large", "unknown-option", "no-value", "gpgkey-shell"])
 def test_malformed_option_on_a_new_system_is_rejected(objects, meta, message):
     s = objects
     proc = s.cli(["system", "add", "--name=hk-bad", "--profile=hk-off",
