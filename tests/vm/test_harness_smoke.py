@@ -5,7 +5,9 @@ and later ones rely on the earlier ones' state only where stated.  Figures are p
 """
 
 import http.server
+import json
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -106,6 +108,31 @@ def test_exec_timeout_and_check_fail_loudly(guest):
     with pytest.raises(GuestError):
         guest.exec("false", check=True)
     assert guest.exec(["true"])[0] == 0          # the channel is still usable
+
+
+def test_exec_reply_survives_host_disconnect(guest):
+    """The exec server keeps a reply while the host side is away and sends it on reconnect
+    (what happens around a migration)."""
+    guest._exec.close()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(guest.exec_path)
+    s.sendall(b'\n{"id": "late", "sh": "sleep 1; echo done"}\n')
+    time.sleep(0.3)
+    s.close()                      # host side gone while the command runs
+    time.sleep(1.5)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(guest.exec_path)
+    buf = b""
+    while b"\n" not in buf.lstrip(b"\n"):
+        chunk = s.recv(4096)
+        assert chunk, "exec socket closed"
+        buf += chunk
+    s.close()
+    reply = json.loads(buf.strip().split(b"\n")[0])
+    assert (reply["id"], reply["rc"], reply["stdout"]) == ("late", 0, "done\n")
+    guest.reconnect_exec()
+    assert guest.exec(["true"])[0] == 0
 
 
 def test_guest_python_has_the_agents_stdlib(guest):
