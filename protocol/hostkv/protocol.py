@@ -98,7 +98,11 @@ def validate_values(values, scope=None):
 
 
 def validate_host_id(host_id):
-    if not isinstance(host_id, str) or not host_id or len(host_id.encode("utf-8")) > MAX_HOST_ID_BYTES:
+    try:
+        size = len(host_id.encode("utf-8")) if isinstance(host_id, str) else 0
+    except UnicodeEncodeError:      # a lone surrogate from a JSON "\udc80" escape
+        size = 0
+    if not size or size > MAX_HOST_ID_BYTES:
         raise ProtocolError("bad-host-id", "host_id must be a non-empty string <= %d bytes"
                             % MAX_HOST_ID_BYTES)
     return host_id
@@ -226,6 +230,10 @@ def _request_id(frame):
     if isinstance(req_id, int) and -2 ** 53 < req_id < 2 ** 53:
         return req_id
     if isinstance(req_id, str) and len(req_id) <= MAX_TOKEN_CHARS:
+        try:
+            req_id.encode("utf-8")      # a lone surrogate cannot be echoed
+        except UnicodeEncodeError:
+            return None
         return req_id
     return None
 
