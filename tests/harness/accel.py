@@ -19,8 +19,9 @@ _KVM_DEV = "/dev/kvm"
 _decision = None
 
 
-def _cpu_has_virt_flags(cpuinfo=_CPUINFO):
-    """True if any 'flags' line of ``cpuinfo`` lists vmx or svm."""
+def _cpu_has_virt_flags(cpuinfo=None):
+    """True if any 'flags' line of ``cpuinfo`` (default /proc/cpuinfo) lists vmx or svm."""
+    cpuinfo = cpuinfo or _CPUINFO
     try:
         with open(cpuinfo) as f:
             for line in f:
@@ -33,8 +34,9 @@ def _cpu_has_virt_flags(cpuinfo=_CPUINFO):
     return False
 
 
-def _kvm_device_usable(path=_KVM_DEV):
-    """True if ``path`` can be opened read-write (what QEMU needs)."""
+def _kvm_device_usable(path=None):
+    """True if ``path`` (default /dev/kvm) can be opened read-write (what QEMU needs)."""
+    path = path or _KVM_DEV
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
