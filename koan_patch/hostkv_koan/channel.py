@@ -111,7 +111,7 @@ def wrap_start_install(orig):
                     set_domain_keys(uri, name, plan.values)
                 except Exception as err:  # noqa: BLE001 - reported as koan's one-line error
                     raise _info("hostkv: domain %s was created but its keys could not be set: %s; "
-                                "set them with `hostkvctl vm set %s KEY VALUE`" % (name, err, name))
+                                "set them with `hostkvctl vm set %s KEY=VALUE...`" % (name, err, name))
                 print("- hostkv: set %d key(s) in the metadata of domain %s" % (len(plan.values), name))
         return result
     return start_install
