@@ -167,9 +167,15 @@ def test_agent_help_runs_in_guest(guest):
     assert "usage" in out.lower()
 
 
-def test_hotplug_port_appears_in_sysfs(guest, workdir):
+def test_hotplug_port_appears_in_sysfs_and_unplug_removes_it(guest, workdir):
     guest.hotplug_port("org.hostkv.extra.0", os.path.join(workdir, "extra.sock"))
-    wait_until(lambda: "org.hostkv.extra.0" in port_names(guest), 15, "hot-plugged port")
+    guest.hotplug_port("org.hostkv.extra.1", os.path.join(workdir, "extra1.sock"))
+    wait_until(lambda: {"org.hostkv.extra.0", "org.hostkv.extra.1"} <= port_names(guest), 15,
+               "hot-plugged ports")
+    guest.unplug_port("org.hostkv.extra.1")
+    wait_until(lambda: "org.hostkv.extra.1" not in port_names(guest), 15, "unplugged port gone")
+    assert [p.name for p in guest.ports] == ["org.hostkv.0", "org.hostkv.test.0",
+                                             "org.hostkv.extra.0"]
 
 
 def test_live_migration_a_b_a(guest, workdir):
@@ -218,3 +224,14 @@ def test_reboot_keeps_state_disk_and_two_guests_migrate_side_by_side(guest, imag
     finally:
         g1.stop()
         g2.stop()
+
+
+def test_qemu_that_cannot_start_fails_loudly_with_its_log(image, tmp_path):
+    g = QemuGuest(str(tmp_path), None, name="broken", image=image, state_disk=None,
+                  extra_args=["-device", "no-such-device-hostkv"])
+    with pytest.raises(GuestError) as info:
+        g.start()
+    g.stop()
+    assert "exited with status" in str(info.value)
+    assert "no-such-device-hostkv" in str(info.value)      # QEMU's own error, from its log
+    assert not g.is_running()
