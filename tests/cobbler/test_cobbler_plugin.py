@@ -104,7 +104,7 @@ def test_install_places_modules_and_snippets(hostkv_cobbler):
     s = hostkv_cobbler
     assert "restart cobblerd" in s.install_output
     modules = os.path.join(s.package_dir, "modules", "hostkv")
-    for rel in ("sync_post_publish.py", "add_profile_pre_validate.py",
+    for rel in ("sync_post_publish.py", "add_profile_pre_validate.py", "add_distro_pre_validate.py",
                 "add_system_pre_validate.py", "_lib/options.py", "_lib/publish.py"):
         assert os.path.isfile(s.path(os.path.join(modules, rel))), rel
     with open(s.path(os.path.join(modules, "_lib", "protocol.py")), "rb") as f:
@@ -308,12 +308,17 @@ def test_malformed_edit_is_vetoed_and_nothing_changes(objects):
     assert s.xmlrpc.get_system("hk-sys-on")["autoinstall_meta"] == before
 
 
-def test_profile_with_malformed_option_is_rejected(objects):
-    proc = objects.cli(["profile", "add", "--name=hk-badp", "--distro=" + DISTRO,
-                        "--autoinstall-meta=hostkv_gpgcheck=2"], check=False)
+def test_profile_and_distro_with_malformed_option_are_rejected(objects):
+    s = objects
+    proc = s.cli(["profile", "add", "--name=hk-badp", "--distro=" + DISTRO,
+                  "--autoinstall-meta=hostkv_gpgcheck=2"], check=False)
     assert proc.returncode != 0
     assert "hostkv: profile hk-badp rejected" in proc.stdout and "hostkv_gpgcheck=2" in proc.stdout
-    assert "hk-badp" not in objects.xmlrpc.get_item_names("profile")
+    assert "hk-badp" not in s.xmlrpc.get_item_names("profile")
+    proc = s.cli(["distro", "edit", "--name=" + DISTRO, "--in-place",
+                  "--autoinstall-meta=hostkv_enabled=enabled"], check=False)
+    assert proc.returncode != 0 and "hostkv: distro %s rejected" % DISTRO in proc.stdout
+    assert "hostkv_enabled" not in s.xmlrpc.get_distro(DISTRO)["autoinstall_meta"]
 
 
 # ---------------------------------------------------------------- the %post, for real

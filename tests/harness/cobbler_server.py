@@ -385,8 +385,9 @@ def _front_app(xmlrpc_port):
             environ["REQUEST_URI"] = path
             return services.application(environ, start_response)
         if path.startswith("/cobbler/") and method in ("GET", "HEAD"):
-            real = os.path.realpath(os.path.join(webroot, path[len("/cobbler/"):]))
-            if os.path.isfile(real):
+            # no ".." escapes (like Apache); symlinks inside are followed (FollowSymLinks)
+            real = os.path.normpath(os.path.join(webroot, path[len("/cobbler/"):]))
+            if real.startswith(webroot + "/") and os.path.isfile(real):
                 with open(real, "rb") as f:
                     data = f.read()
                 start_response("200 OK", [("Content-Type", "application/octet-stream"),
