@@ -158,6 +158,7 @@ def test_restart_publishes_cache_as_stale_and_keeps_seq(rig):
     # a reboot: /run is empty, only the cache survives
     from hostkv.agent.publish import rmtree
     rmtree(rig.run_dir)
+    hook_out = rig.add_hook()
     rig.start()
     doc = rig.wait_published(lambda d: True, "cache published")
     assert doc["seq"] == 2 and doc["stale"] is True and doc["connected"] is False
@@ -167,6 +168,11 @@ def test_restart_publishes_cache_as_stale_and_keeps_seq(rig):
     rig.host.connect()
     doc = rig.wait_published(lambda d: not d["stale"], "confirmed")
     assert doc["seq"] == 2
+    # hooks ran once for this agent start although nothing changed (HOSTKV_REASON=start)
+    wait_for(lambda: os.path.exists(str(hook_out) + ".reason"), what="start hook")
+    assert hook_out.read_text() == "2||0|hv1\n"
+    with open(str(hook_out) + ".reason") as f:
+        assert f.read() == "start\n"
     # then new data: seq continues from the cache, never backwards
     rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "v3"})
     assert rig.wait_published(lambda d: d["seq"] == 3, "seq 3")["values"]["vm.role"] == "v3"

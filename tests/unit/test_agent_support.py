@@ -223,6 +223,7 @@ class FakeHost(object):
 
 HOOK = """#!/bin/sh
 printf '%s|%s|%s|%s\\n' "$HOSTKV_SEQ" "$HOSTKV_CHANGED" "$HOSTKV_HOST_CHANGED" "$HOSTKV_HOST_ID" >> {out}
+printf '%s\\n' "$HOSTKV_REASON" >> {out}.reason
 """
 
 

@@ -73,8 +73,13 @@ def _non_negative(text):
 
 
 def formatter(prog):
-    # a fixed width: argparse would otherwise import shutil, absent from python3-minimal
-    return argparse.RawDescriptionHelpFormatter(prog, width=int(os.environ.get("COLUMNS", "0") or 0) or 90)
+    """Help formatter with an explicit width: argparse would otherwise import shutil, which
+    python3-minimal lacks.  $COLUMNS is honoured when it is a sane number."""
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        width = 0
+    return argparse.RawDescriptionHelpFormatter(prog, width=width if 40 <= width <= 500 else 90)
 
 
 def build_parser():

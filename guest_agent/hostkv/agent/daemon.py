@@ -94,6 +94,7 @@ class Agent(object):
         self._discarded = 0
         self._discard_streak = 0     # consecutive syncs ended by bad input (reset by good data)
         self._hold_until = None      # hold the outbox until then (backoff after bad input)
+        self._confirmed = False      # the host has confirmed the data since this agent started
         self._stop = False
         self._resync_requested = False
         self._wake_r, self._wake_w = os.pipe()
@@ -488,7 +489,8 @@ class Agent(object):
                           " ".join(changed[:20]) or "-", " ..." if len(changed) > 20 else "")
             if host_changed and prev is not None:
                 self.log.info("host changed from %r to %r", prev.host_id, snap.host_id)
-            self.hooks.submit(self.seq, changed, host_changed, snap.host_id)
+            self.hooks.submit(self.seq, changed, host_changed, snap.host_id, "change")
+            self._confirmed = True
             self._check_watchers()
         else:
             gen_changed = prev.generation != snap.generation
@@ -497,6 +499,9 @@ class Agent(object):
             if gen_changed:
                 self._save_cache(self.record)
             self._publish()
+            if not self._confirmed:      # first confirmation of the cached data: hooks run once
+                self._confirmed = True
+                self.hooks.submit(self.seq, [], False, snap.host_id, "start")
 
     def _save_cache(self, record):
         try:

@@ -1,5 +1,9 @@
 """Run the executables in /etc/hostkv/hooks.d/ after publications, off the port loop.
 
+The agent submits a run for every data change (a new seq) and once per agent start when
+the host first confirms the data even if nothing changed (``HOSTKV_REASON=start``), so
+hooks whose effect does not survive a reboot are redone.
+
 One background thread runs the hooks of one publication at a time, in sorted name order,
 each with a timeout (the hook's whole process group is killed when it expires).  If
 publications arrive faster than hooks finish, the pending ones are merged into one run
@@ -8,7 +12,8 @@ and no change is ever left unreported.
 
 Hook environment (in addition to the agent's own): ``HOSTKV_SEQ``, ``HOSTKV_CHANGED``
 (space separated changed keys, removed ones included), ``HOSTKV_HOST_CHANGED`` (``1`` if
-the host_id changed, else ``0``), ``HOSTKV_HOST_ID``, ``HOSTKV_RUN_DIR``.
+the host_id changed, else ``0``), ``HOSTKV_HOST_ID``, ``HOSTKV_RUN_DIR``, ``HOSTKV_REASON``
+(``change``, or ``start`` for the first confirmation after an agent start without a change).
 
 Skipped (like run-parts): hidden files, non-regular or non-executable files, and names
 ending in ``~``, ``.rpmsave``, ``.rpmnew``, ``.rpmorig``, ``.dpkg-*``, ``.swp``, ``.bak``.
@@ -49,25 +54,29 @@ def list_hooks(hooks_dir):
 
 
 class HookJob(object):
-    __slots__ = ("seq", "changed", "host_changed", "host_id")
+    __slots__ = ("seq", "changed", "host_changed", "host_id", "reason")
 
-    def __init__(self, seq, changed, host_changed, host_id):
+    def __init__(self, seq, changed, host_changed, host_id, reason="change"):
         self.seq = seq
         self.changed = set(changed)
         self.host_changed = bool(host_changed)
         self.host_id = host_id
+        self.reason = reason
 
     def merge(self, newer):
         self.seq = newer.seq
         self.changed |= newer.changed
         self.host_changed = self.host_changed or newer.host_changed
         self.host_id = newer.host_id
+        if newer.reason == "change":
+            self.reason = "change"
 
     def environ(self, run_dir):
         env = dict(os.environ)
         env.update(HOSTKV_SEQ=str(self.seq), HOSTKV_CHANGED=" ".join(sorted(self.changed)),
                    HOSTKV_HOST_CHANGED="1" if self.host_changed else "0",
-                   HOSTKV_HOST_ID=(self.host_id or "").replace("\0", ""), HOSTKV_RUN_DIR=run_dir)
+                   HOSTKV_HOST_ID=(self.host_id or "").replace("\0", ""), HOSTKV_RUN_DIR=run_dir,
+                   HOSTKV_REASON=self.reason)
         return env
 
 
@@ -90,8 +99,8 @@ class HookRunner(object):
     def start(self):
         self._thread.start()
 
-    def submit(self, seq, changed, host_changed, host_id):
-        job = HookJob(seq, changed, host_changed, host_id)
+    def submit(self, seq, changed, host_changed, host_id, reason="change"):
+        job = HookJob(seq, changed, host_changed, host_id, reason)
         with self._cond:
             if self._pending is None:
                 self._pending = job
