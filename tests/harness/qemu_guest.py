@@ -277,7 +277,8 @@ class ExecClient(object):
         return result
 
     def wait_ready(self, timeout=60):
-        """Wait until the exec server answers a ping (connecting/reconnecting as needed)."""
+        """Wait until the exec server answers a ping and the guest's init has finished
+        (connecting/reconnecting as needed); return the ping reply."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -288,8 +289,9 @@ class ExecClient(object):
                 if self._sock is None:
                     self.connect(timeout=min(left, 5))
                 reply = self.request({"op": "ping"}, timeout=min(left, 2))
-                if reply.get("pong"):
+                if reply.get("pong") and reply.get("init_done", True):
                     return reply
+                time.sleep(0.05)
             except GuestError:
                 time.sleep(0.05)
 
@@ -480,7 +482,8 @@ class QemuGuest(object):
         return self
 
     def wait_ready(self, timeout=60):
-        """Wait until the guest's exec server answers; return seconds since start()."""
+        """Wait until the guest's init has finished (state disk mounted, agent started) and its
+        exec server answers; return seconds since start()."""
         if self.proc is None:
             raise GuestError("guest %s not started" % self.name)
         deadline = time.monotonic() + timeout
@@ -494,6 +497,9 @@ class QemuGuest(object):
                 if self._exec._sock is None:
                     self._exec.connect(timeout=min(left, 5))
                 reply = self._exec.request({"op": "ping"}, timeout=min(left, 2))
+                if reply.get("pong") and not reply.get("init_done", True):
+                    time.sleep(0.05)        # exec server up, init still mounting/starting
+                    continue
                 if reply.get("pong"):
                     self.ready_at = time.monotonic()
                     self.guest_uptime_at_ready = reply.get("uptime")

@@ -8,7 +8,8 @@ Wire format (newline-delimited JSON, one object per line, UTF-8):
            {"id": ANY, "sh": "shell text"}           run /bin/sh -c TEXT
            optional: "timeout": seconds (default 60), "stdin": text, "env": {extra vars},
                      "cwd": dir
-           {"id": ANY, "op": "ping"}                  answer {"id", "pong": true, "uptime": s}
+           {"id": ANY, "op": "ping"}                  answer {"id", "pong": true, "uptime": s,
+                                                      "init_done": bool (guest init finished)}
   reply    {"id", "rc", "stdout", "stderr", "timed_out"}   (stdout/stderr decoded as UTF-8
            with replacement; each capped at 4 MiB, "truncated": true if cut)
            {"id", "error": "text"}                    malformed request
@@ -34,6 +35,7 @@ import time
 
 PORT_NAME = "org.hostkv.test.0"
 SYSFS = "/sys/class/virtio-ports"
+INIT_DONE = "/run/hostkv-test/init-done"
 MAX_OUTPUT = 4 * 1024 * 1024
 MAX_LINE = 16 * 1024 * 1024
 RECONNECT_POLL = 0.05
@@ -109,7 +111,8 @@ def run_request(port, req):
         if req.get("op") == "ping":
             with open("/proc/uptime") as f:
                 uptime = float(f.read().split()[0])
-            port.write_line({"id": rid, "pong": True, "uptime": uptime})
+            port.write_line({"id": rid, "pong": True, "uptime": uptime,
+                             "init_done": os.path.exists(INIT_DONE)})
             return
         if "cmd" in req:
             argv = req["cmd"]
