@@ -5,8 +5,9 @@
   * ``koan.virtinstall.build_commandline`` is wrapped: when hostkv_enabled is true the argv gets
     ``--channel unix,target_type=virtio,name=org.hostkv.0`` appended (virt-install adds the
     virtio-serial controller); otherwise the argv is returned untouched (the very same list).
-  * ``koan.qcreate.start_install`` is wrapped: after virt-install has defined (and started) the
-    domain, its per-guest keys are written into the domain metadata with libvirt setMetadata
+  * ``koan.qcreate.start_install`` is wrapped (for other creators, e.g. ``--image``, the
+    ``virt_net_install`` wrapper does it when they return): after virt-install has defined (and
+    started) the domain, its per-guest keys are written into the domain metadata with libvirt setMetadata
     (config, and live if running), in the format hostkvd reads
     (:func:`hostkv.hostkvd.domain_xml.metadata_element`); hostkvd picks the change up through
     libvirt's metadata-change event.
@@ -61,7 +62,11 @@ def wrap_virt_net_install(orig):
             print("- hostkv: channel %s, keys: %s"
                   % (PORT_NAME, ", ".join("%s=%s" % kv for kv in sorted(plan.values.items()))
                      or "(none)"))
-        return orig(self, profile_data)
+        result = orig(self, profile_data)
+        rec = PENDING.take()          # a creator other than qcreate (e.g. koan --image)
+        if rec is not None:
+            finish(rec)
+        return result
     return virt_net_install
 
 
@@ -98,6 +103,21 @@ def set_domain_keys(uri, name, values):
         conn.close()
 
 
+def finish(rec):
+    """Write the keys recorded by build_commandline into the domain it described."""
+    uri, name, plan = rec
+    if not plan.values:
+        return
+    if not uri.startswith(("qemu", "kvm")):
+        uri = "qemu:///system"       # imagecreate passes "import": virt-install's default
+    try:
+        set_domain_keys(uri, name, plan.values)
+    except Exception as err:  # noqa: BLE001 - reported as koan's one-line error
+        raise _info("hostkv: domain %s was created but its keys could not be set: %s; "
+                    "set them with `hostkvctl vm set %s KEY=VALUE...`" % (name, err, name))
+    print("- hostkv: set %d key(s) in the metadata of domain %s" % (len(plan.values), name))
+
+
 def wrap_start_install(orig):
     @functools.wraps(orig)
     def start_install(*args, **kwargs):
@@ -105,13 +125,6 @@ def wrap_start_install(orig):
         result = orig(*args, **kwargs)
         rec = PENDING.take()
         if rec is not None:
-            uri, name, plan = rec
-            if plan.values:
-                try:
-                    set_domain_keys(uri, name, plan.values)
-                except Exception as err:  # noqa: BLE001 - reported as koan's one-line error
-                    raise _info("hostkv: domain %s was created but its keys could not be set: %s; "
-                                "set them with `hostkvctl vm set %s KEY=VALUE...`" % (name, err, name))
-                print("- hostkv: set %d key(s) in the metadata of domain %s" % (len(plan.values), name))
+            finish(rec)
         return result
     return start_install

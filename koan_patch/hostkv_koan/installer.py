@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,50 @@ def _missing_lib_files(lib_dirs):
             if not any(os.path.isfile(os.path.join(d, rel)) for d in lib_dirs)]
 
 
+def unsafe_paths(paths):
+    """Which of ``paths`` (or their parent directories) someone other than root / us could change.
+
+    The .pth makes every program run by this Python import code from these places, so they must
+    be as trustworthy as the interpreter: owned by root (or the installing user), not writable
+    by others, nor by a group other than root's/ours (sticky directories such as /tmp are fine
+    as parents).  Returns a list of "path: reason" strings."""
+    me_uid, me_gid = os.geteuid(), os.getegid()
+    problems, seen = [], set()
+    for start in paths:
+        path = os.path.abspath(start)
+        chain = []
+        while True:
+            chain.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for i, path in enumerate(chain):
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                st = os.stat(path)
+            except OSError as err:
+                problems.append("%s: %s" % (path, err.strerror))
+                continue
+            sticky_parent = i > 0 and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+            if st.st_uid not in (0, me_uid):
+                problems.append("%s: owned by uid %d" % (path, st.st_uid))
+            elif st.st_mode & stat.S_IWOTH and not sticky_parent:
+                problems.append("%s: writable by everyone" % path)
+            elif st.st_mode & stat.S_IWGRP and st.st_gid not in (0, me_gid) and not sticky_parent:
+                problems.append("%s: writable by group %d" % (path, st.st_gid))
+    return problems
+
+
+def _code_files(code_dir, lib_dirs):
+    files = sorted(glob.glob(os.path.join(code_dir, "hostkv_koan", "*.py")))
+    for rel in REQUIRED_LIB_FILES:
+        files += [os.path.join(d, rel) for d in lib_dirs if os.path.isfile(os.path.join(d, rel))]
+    return files
+
+
 def pth_path(koan):
     return os.path.join(koan.site_dir, PTH_NAME)
 
@@ -136,6 +181,10 @@ def install(force=False, lib_dirs=None, koan=None):
     if missing:
         raise InstallError("hostkv's host code is not found in %s (missing %s): install "
                            "hostkv-host, or pass --lib DIR" % (", ".join(lib_dirs), ", ".join(missing)))
+    unsafe = unsafe_paths(_code_files(CODE_DIR, lib_dirs))
+    if unsafe:
+        raise InstallError("refusing: every program run by %s would import code from places "
+                           "others can change: %s" % (sys.executable, "; ".join(unsafe[:5])))
     path = pth_path(koan)
     text = pth_text(CODE_DIR, lib_dirs, force=force and not koan.supported)
     current = _read(path)

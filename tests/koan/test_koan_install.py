@@ -150,3 +150,24 @@ def test_python_option_acts_on_that_interpreter(env):
     assert res.returncode == 0, res.stderr
     assert os.path.exists(_pth(env))
     assert env.site in res.stdout
+
+
+def test_refuses_code_others_can_change(env, tmp_path):
+    """The .pth makes every program of that Python import hostkv-koan's code: refuse to point it
+    at a directory anybody can write to."""
+    import shutil
+    from tests.koan.koan_env import REPO
+    unsafe = tmp_path / "shared"
+    unsafe.mkdir()
+    os.chmod(str(unsafe), 0o777)
+    shutil.copytree(os.path.join(REPO, "koan_patch"), str(unsafe / "koan_patch"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    pristine = env.manifest()
+    res = subprocess.run([env.python, str(unsafe / "koan_patch" / "bin" / "hostkv-koan"), "install",
+                          "--lib", os.path.join(REPO, "protocol"),
+                          "--lib", os.path.join(REPO, "host_service")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                         env=env.clean_env(), timeout=60)
+    assert res.returncode == 1, res
+    assert "refusing" in res.stderr and "%s: writable by everyone" % unsafe in res.stderr
+    assert env.manifest() == pristine
