@@ -111,6 +111,10 @@ def test_install_places_modules_and_snippets(hostkv_cobbler):
         shipped = f.read()
     with open(os.path.join(REPO, "protocol", "hostkv", "protocol.py"), "rb") as f:
         assert shipped == f.read()
+    # cobblerd (no PYTHONPATH, like production) cannot import hostkv.protocol: it loaded the copy
+    with open(s.path("/var/log/cobbler/cobbler.log")) as f:
+        assert "hostkv: protocol limits from %s" % os.path.join(modules, "_lib", "protocol.py") \
+            in f.read()
     assert os.path.isfile(s.path("/var/lib/cobbler/snippets/hostkv_agent"))
     assert os.path.isfile(s.path("/var/lib/cobbler/templates/sample_hostkv.ks"))
     # the machine's own venv is untouched: the module dir exists only inside the namespace

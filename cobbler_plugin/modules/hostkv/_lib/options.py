@@ -17,12 +17,15 @@ The wire limits come from ``hostkv.protocol`` when it is importable on the Cobbl
 the copy that ``hostkv-cobbler install`` ships beside this file (``_lib/protocol.py``).
 """
 
+import logging
 import re
 
 try:
     from hostkv import protocol  # the Cobbler server has hostkv on its path
 except ImportError:  # pragma: no cover - depends on the server
     from . import protocol       # the private copy installed with the plugin
+
+logging.getLogger().info("hostkv: protocol limits from %s", protocol.__file__)
 
 PREFIX = "hostkv_"
 VM_PREFIX = "hostkv_vm_"
