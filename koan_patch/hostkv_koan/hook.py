@@ -16,7 +16,6 @@ hostkv) are left as stock koan has them.  A function koan no longer has is repor
 skipped (``hostkv-koan status`` lists what is wrapped).
 """
 
-import importlib.machinery
 import os
 import sys
 
@@ -140,7 +139,16 @@ class KoanFinder(object):
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in WRAPS:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        spec = None
+        for finder in sys.meta_path:            # whoever would have found koan without us
+            if finder is self or isinstance(finder, KoanFinder):
+                continue
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         spec.loader = _PatchingLoader(spec.loader)

@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV = os.path.join(REPO, ".venv")
