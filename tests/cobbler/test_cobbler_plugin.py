@@ -325,6 +325,41 @@ def test_profile_and_distro_with_malformed_option_are_rejected(objects):
     assert "hostkv_enabled" not in s.xmlrpc.get_distro(DISTRO)["autoinstall_meta"]
 
 
+PROBE = """
+from cobbler.cexceptions import CX
+
+
+def register():
+    return "/var/lib/cobbler/triggers/add/system/post/*"
+
+
+def run(api, args):
+    if args and args[0].startswith("hk-probe"):
+        raise CX("probe: post trigger refuses %s" % args[0])
+    return 0
+"""
+
+
+def test_why_pre_a_raising_post_trigger_does_not_reject(objects):
+    """The evidence behind using add/*/pre: in Cobbler 3.3 an add/system/post trigger that raises
+    makes the call fail, yet the system is saved (disk and memory)."""
+    s = objects
+    probe = s.path(os.path.join(s.package_dir, "modules", "hk_probe_post.py"))
+    with open(probe, "w") as f:
+        f.write(PROBE)
+    try:
+        s.restart()
+        proc = s.cli(["system", "add", "--name=hk-probe1", "--profile=hk-off"], check=False)
+        assert proc.returncode != 0 and "probe: post trigger refuses hk-probe1" in proc.stdout
+        assert "hk-probe1" in s.xmlrpc.get_item_names("system")
+        assert os.path.isfile(s.path("/var/lib/cobbler/collections/systems/hk-probe1.json"))
+    finally:
+        os.unlink(probe)
+        s.restart()
+        if "hk-probe1" in s.xmlrpc.get_item_names("system"):
+            s.cli(["system", "remove", "--name=hk-probe1"])
+
+
 # ---------------------------------------------------------------- the %post, for real
 
 def test_rendered_post_installs_the_agent_from_cobbler(objects, tmp_path):
