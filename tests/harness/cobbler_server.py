@@ -43,6 +43,7 @@ Every failure to start raises :class:`HarnessError` with the logs' tail: tests f
 import ctypes
 import importlib.util
 import os
+import select
 import shutil
 import signal
 import socket
@@ -260,7 +261,8 @@ class CobblerServer:
              PYTHON, os.path.abspath(__file__), "holder"] + mounts,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             universal_newlines=True, preexec_fn=_die_with_parent)
-        line = self.holder.stdout.readline()
+        ready, _, _ = select.select([self.holder.stdout], [], [], self.start_timeout)
+        line = self.holder.stdout.readline() if ready else "(no answer in %ss)" % self.start_timeout
         if line.strip() != "READY":
             rest = line + self.holder.stdout.read() if self.holder.poll() is not None else line
             raise HarnessError("the namespace holder did not come up: %s" % rest)
