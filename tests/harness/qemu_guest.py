@@ -26,7 +26,8 @@ Contract (everything has a timeout; every failure message ends with the guest co
   * Options: ``name`` (file name prefix, default "guest"), ``image`` (a GuestImage; default
     build_guest_image()), ``hostname`` (guest host name), ``noagent`` (kernel ``hostkv.noagent=1``),
     ``memory_mib``, ``console_path``, ``cmdline_extra``, ``extra_args``, ``max_lifetime`` (s; QEMU
-    is killed after it, default 1800).
+    runs under ``timeout -s KILL`` so it dies after that even if the test process is killed;
+    default 1800).
   * ``ExecClient(socket_path)`` is the exec port's host end on its own (``.run(...)`` like
     ``guest.exec``, ``.wait_ready(timeout)``), for guests started by libvirt with the
     ``org.hostkv.test.0`` channel; the guest-side server is guest_init/exec_server.py.
@@ -47,7 +48,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 
 from tests.harness import accel
 from tests.harness.guest_image import build_guest_image
@@ -59,7 +59,7 @@ _SUN_PATH_MAX = 107
 # Console on ttyS0; no legacy keyboard probing, no TSC re-checks: ~1 s less kernel init on TCG.
 KERNEL_CMDLINE = ("console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.nopnp "
                   "i8042.dumbkbd tsc=reliable no_timer_check mitigations=off")
-_live = weakref.WeakSet()
+_live = set()       # guests whose QEMU may still run: killed at interpreter exit
 
 
 class GuestError(RuntimeError):
@@ -374,7 +374,6 @@ class QemuGuest(object):
         self.proc = None
         self._qmp = None
         self._exec = ExecClient(self.exec_path)
-        self._watchdog = None
         self.started_at = None
         self.ready_at = None
         self.guest_uptime_at_ready = None     # guest's /proc/uptime when it first answered
@@ -452,6 +451,9 @@ class QemuGuest(object):
             if os.path.lexists(p):
                 os.unlink(p)
         argv = self._argv()
+        if self.max_lifetime:
+            # Even if this Python process dies without cleaning up, QEMU cannot outlive this.
+            argv = ["timeout", "-s", "KILL", str(int(self.max_lifetime))] + argv
         with open(self.qemu_log, "ab") as log:
             log.write(("\n=== %s %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
             log.flush()
@@ -459,10 +461,6 @@ class QemuGuest(object):
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         _live.add(self)
-        if self.max_lifetime:
-            self._watchdog = threading.Timer(self.max_lifetime, self._kill)
-            self._watchdog.daemon = True
-            self._watchdog.start()
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive("while waiting for QMP")
@@ -613,8 +611,6 @@ class QemuGuest(object):
 
     def _kill(self):
         """Kill QEMU now and release everything (idempotent)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
         self._exec.close()
         if self.proc is not None and self.proc.poll() is None:
             try:
