@@ -233,3 +233,31 @@ def test_plugin_code_is_python36_compatible():
                         assert "f" not in prefix, "%s:%d f-string" % (name, tok.start[0])
                     assert tok.string != ":=", "%s:%d walrus" % (name, tok.start[0])
                     assert getattr(tokenize, "FSTRING_START", None) != tok.type
+
+
+@pytest.mark.parametrize("style", ["direct", "env"])
+def test_wrapper_runs_with_the_python_of_the_cobbler_command(tmp_path, style):
+    """bin/hostkv-cobbler picks the interpreter from the shebang of `cobbler` on PATH; without
+    --cobbler-dir the install only works with a Python that can import cobbler (the venv's)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    path = "%s:/usr/bin:/bin" % bindir
+    if style == "direct":
+        shebang = "#!%s\n" % PYTHON
+    else:   # e.g. an activated venv: `env python3` finds the venv's python first on PATH
+        shebang = "#!/usr/bin/env python3\n"
+        path = "%s:%s:/usr/bin:/bin" % (bindir, os.path.dirname(PYTHON))
+    (bindir / "cobbler").write_text(shebang + "print('not used')\n")
+    (bindir / "cobbler").chmod(0o755)
+    root = tmp_path / "root"
+    (root / "etc/cobbler").mkdir(parents=True)
+    (root / "etc/cobbler/settings.yaml").write_text(SETTINGS)
+    env = dict(os.environ, PATH=path)
+    env.pop("PYTHONPATH", None)
+    env.pop("HOSTKV_COBBLER_PYTHON", None)
+    proc = subprocess.run(["sh", os.path.join(REPO, "cobbler_plugin", "bin", "hostkv-cobbler"),
+                           "install", "--root", str(root)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import cobbler
+    assert (root / os.path.dirname(cobbler.__file__).lstrip("/") / "modules/hostkv").is_dir()
