@@ -43,7 +43,10 @@ def lv_hosts(lv_workdir):
     finally:
         for host in hosts.values():
             host.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("HOSTKV_KEEP_LIBVIRT_DIRS"):
+            print("libvirt host dirs kept in %s" % base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -84,6 +84,7 @@ async def serve(args):
     failed = source_task.done() and not source_task.cancelled() and source_task.exception()
     source_task.cancel()
     stop_task.cancel()
+    await asyncio.gather(source_task, return_exceptions=True)   # let the source clean up (libvirt)
     await ctl.close()
     await daemon.close()
     if failed:

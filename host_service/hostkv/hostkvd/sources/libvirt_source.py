@@ -97,9 +97,21 @@ class LibvirtSource(object):
                 log.warning("libvirt %s: connection lost; reconnecting (guests stay served)", self.uri)
                 self._drop_connection()
         finally:
-            self._drop_connection()
-            for task in self._pending.values():
+            for task in list(self._pending.values()):
                 task.cancel()
+            self._drop_connection()
+            await self._drain()
+
+    @staticmethod
+    async def _drain(timeout=2.0):
+        """Let libvirt's deferred free callbacks run, so closing the loop leaves no pending task."""
+        impl = _event_impl
+        if impl is None or not hasattr(impl, "drain"):
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(impl.drain()), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
 
     async def _connect(self):
         import libvirt
