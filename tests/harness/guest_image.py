@@ -418,7 +418,7 @@ def _host_libs(stage):
     for dirpath, _dirs, filenames in os.walk(os.path.join(stage, "usr")):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if os.path.islink(path) or not os.access(path, os.X_OK) and not name.endswith(".so"):
+            if os.path.islink(path) or (not os.access(path, os.X_OK) and not name.endswith(".so")):
                 continue
             with open(path, "rb") as f:
                 if f.read(4) != b"\x7fELF":

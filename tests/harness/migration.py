@@ -19,6 +19,7 @@ Contract:
 All times are wall clock (time.monotonic()); query-migrate's own figures are kept as reported.
 """
 
+import re
 import time
 
 from tests.harness.qemu_guest import EXEC_PORT, HOSTKV_PORT, GuestError, Port, QemuGuest
@@ -48,7 +49,7 @@ _counter = [0]
 def make_destination(src, channel_path, name=None):
     """A QemuGuest configured as the incoming side of a migration of ``src`` (not started)."""
     _counter[0] += 1
-    name = name or "%s-m%d" % (src.name.split("-m")[0], _counter[0])
+    name = name or "%s-m%d" % (re.sub(r"-m\d+$", "", src.name), _counter[0])
     ports = []
     for p in src.ports:
         if p.name == HOSTKV_PORT:
