@@ -4,7 +4,9 @@ Contract (everything has a timeout; every failure message ends with the guest co
   * ``guest = QemuGuest(workdir, channel_path, incoming=None, **options)``; ``guest.start()``
     launches qemu-system-x86_64 (accelerator from accel.py, -m 256, -cpu max, -nodefaults,
     -no-reboot, direct kernel boot) and connects QMP; ``guest.wait_ready(timeout=60)`` returns the
-    seconds from start() until the guest's exec server answered (the boot time).
+    seconds from start() until the guest's init finished (state disk mounted, agent started) and
+    its exec server answered: the boot time (``guest.guest_uptime_at_ready``: the guest's view).
+    Start several guests first and wait for them afterwards to boot them in parallel.
   * Devices: one virtio-serial controller ``vser0`` with
       - ``org.hostkv.0`` (nr=1): chardev SOCKET SERVER at ``channel_path`` (server=on, wait=off;
         hostkvd connects as a client, like with libvirt).  ``channel_path=None``: NO hostkv port
@@ -12,14 +14,21 @@ Contract (everything has a timeout; every failure message ends with the guest co
       - ``org.hostkv.test.0`` (nr=2): the test exec port, socket ``guest.exec_path``.
     a virtio-blk state disk (ext2, mounted on /var/lib/hostkv by the guest's init) unless
     ``state_disk=None``; default ``<workdir>/state.img``, created if missing and kept by stop(),
-    so a new QemuGuest on the same disk is a "reboot" that keeps the agent's cache;
+    so a new QemuGuest on the same disk is a "reboot" that keeps the agent's cache (``stop()``
+    runs ``sync`` in the guest first; ``stop(sync=False)`` is closer to pulling the plug; a reboot
+    inside the guest ends QEMU because of -no-reboot).  Two RUNNING guests cannot share a disk
+    (QEMU's image lock): give a second guest in the same workdir another ``name`` and
+    ``state_disk=None`` or its own path (``make_state_disk(path)`` formats one);
     optional user-mode networking (``user_net=True``: virtio-net, restrict=on so the guest reaches
     nothing but its forwards; guest 10.0.2.15/24) with
     ``guestfwd=[(guest_ip, guest_port, target)]``, target e.g. ``unix_forward(host_unix_socket)``.
   * ``guest.exec(argv_or_sh, timeout=60, stdin=None, check=False) -> (rc, stdout, stderr)``: a list
     runs argv, a str runs ``sh -c``.  ``check=True`` raises GuestError when rc != 0.
-  * ``guest.console_tail(lines=60)``, ``guest.console_path``, ``guest.qmp(cmd, **args)``,
-    ``guest.events(name=None)`` (QMP events seen, with a ``"t"`` monotonic receive time),
+    Timeouts raise GuestError; a reply that comes late is discarded by id.
+  * ``guest.console_tail(lines=60)``, ``guest.console_path``, ``guest.qmp(cmd, **args)`` (errors:
+    QmpError), ``guest.events(name=None)`` / ``guest.wait_event(name, timeout, since)`` (QMP
+    events, each with a ``"t"`` time.monotonic() receive time), ``guest.is_running()``,
+    ``guest.reconnect_exec()``,
     ``guest.hotplug_port(name, socket_path)`` / ``guest.unplug_port(name)``,
     ``guest.stop(sync=True)`` (best-effort ``sync`` in the guest, QMP quit, then SIGKILL; idempotent;
     also a context manager).  ``guest.ports`` lists the virtio-serial ports (for migration).
