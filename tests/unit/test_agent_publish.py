@@ -69,7 +69,14 @@ def test_layout_and_exact_bytes(tmp_path):
     name2 = pub.publish(rec.copy(connected=False, stale=True))
     assert name2 == "1.1"
     assert read_current(run)["connected"] is False
-    pub.publish(make_record(2))
+    old_umask = os.umask(0o077)          # a strict umask must not hide the values from users
+    try:
+        pub.publish(make_record(2))
+    finally:
+        os.umask(old_umask)
+    for rel in ("current/", "current/keys", "current/keys/host.hostname", "current/values.json",
+                "current/env"):
+        assert os.stat(os.path.join(run, rel)).st_mode & 0o777 in (0o755, 0o644), rel
     pub.publish(make_record(3))
     assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3"]
     assert check_tree(run) == 3

@@ -82,6 +82,7 @@ def _unlink_quiet(path):
 def _write_new(path, data, mode=0o644):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
+        os.fchmod(fd, mode)          # world-readable whatever the umask: any user may read values
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -120,6 +121,7 @@ class Publisher(object):
         for path in (self.run_dir, self.snap_dir):
             try:
                 os.makedirs(path, 0o755)
+                os.chmod(path, 0o755)     # made by us: readable by all (an admin may narrow it)
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
@@ -142,6 +144,7 @@ class Publisher(object):
         try:
             keys_dir = os.path.join(path, "keys")
             os.mkdir(keys_dir, 0o755)
+            os.chmod(keys_dir, 0o755)
             for key in sorted(values):
                 _write_new(os.path.join(keys_dir, key), values[key].encode("utf-8"))
             _write_new(os.path.join(path, "env"), envfile.render_env(values, record.seq).encode("utf-8"))
@@ -173,6 +176,7 @@ class Publisher(object):
             path = os.path.join(self.snap_dir, name)
             try:
                 os.mkdir(path, 0o755)
+                os.chmod(path, 0o755)
                 return name, path
             except OSError as err:
                 if err.errno != errno.EEXIST:
