@@ -6,7 +6,6 @@ into the namespace's Cobbler, cobblerd is restarted, and everything is driven th
 The last test uninstalls and checks that exactly what the install added is gone.
 """
 
-import hashlib
 import os
 import re
 import subprocess
