@@ -7,8 +7,8 @@
     virtio-serial controller); otherwise the argv is returned untouched (the very same list).
   * ``koan.qcreate.start_install`` is wrapped (for other creators, e.g. ``--image``, the
     ``virt_net_install`` wrapper does it when they return): after virt-install has defined (and
-    started) the domain, its per-guest keys are written into the domain metadata with libvirt setMetadata
-    (config, and live if running), in the format hostkvd reads
+    started) the domain, its per-guest keys are written into the domain metadata with libvirt
+    setMetadata (config, and live if running), in the format hostkvd reads
     (:func:`hostkv.hostkvd.domain_xml.metadata_element`); hostkvd picks the change up through
     libvirt's metadata-change event.
 
