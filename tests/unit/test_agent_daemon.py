@@ -294,3 +294,15 @@ def test_host_answering_every_sync_with_bad_data_does_not_make_us_spin(rig):
     rig.host.set(values={"host.hostname": "fixed"}, push=False)
     doc = rig.wait_published(lambda d: True, "recovery", timeout=8)
     assert doc["values"] == {"host.hostname": "fixed"}
+
+
+def test_a_burst_of_snapshots_is_published_once_with_the_last_one(rig):
+    connected_rig(rig)
+    frames = []
+    for i in range(200):
+        rig.host.set(values={"host.hostname": "burst-%d" % i}, push=False)
+        frames.append(rig.host.session.push())
+    rig.host.send(b"".join(frames))
+    doc = rig.wait_published(lambda d: d["values"]["host.hostname"] == "burst-199", "last of the burst")
+    assert doc["seq"] < 20            # coalesced: not 200 publications
+    assert rig.agent.stats["snapshots"] < 200

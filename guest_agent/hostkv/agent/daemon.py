@@ -396,10 +396,11 @@ class Agent(object):
     def _feed(self, data):
         now = self.clock()
         discarded = False
+        latest = None          # of several snapshots read at once only the last one matters
         for event in self.session.receive(data):
             if isinstance(event, protocol.SnapshotReceived):
                 self._discard_streak = 0
-                self._on_snapshot(event.snapshot)
+                latest = event.snapshot
             elif isinstance(event, protocol.Resynced):
                 self.stats["syncs"] += 1
                 self._sync_token = None
@@ -413,6 +414,8 @@ class Agent(object):
             elif isinstance(event, protocol.InputDiscarded):
                 discarded = True
                 self._on_discarded(event.error, now)
+        if latest is not None:
+            self._on_snapshot(latest)
         if self.session.sync_token is not None and self.session.sync_token != self._sync_token:
             self._note_sync(now)             # the session started a sync after bad input
             self._requeue_inflight()
