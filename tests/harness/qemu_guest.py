@@ -28,7 +28,8 @@ Contract (everything has a timeout; every failure message ends with the guest co
   * ``guest.console_tail(lines=60)``, ``guest.console_path``, ``guest.qmp(cmd, **args)`` (errors:
     QmpError), ``guest.events(name=None)`` / ``guest.wait_event(name, timeout, since)`` (QMP
     events, each with a ``"t"`` time.monotonic() receive time), ``guest.is_running()``,
-    ``guest.reconnect_exec()``,
+    ``guest.reconnect_exec()``, ``guest.write_file(path, text, mode=None)`` (atomic),
+    ``guest.read_file(path)``, ``guest.wait_until(sh, timeout)`` (poll until exit 0),
     ``guest.hotplug_port(name, socket_path)`` / ``guest.unplug_port(name)``,
     ``guest.stop(sync=True)`` (best-effort ``sync`` in the guest, QMP quit, then SIGKILL; idempotent;
     also a context manager).  ``guest.ports`` lists the virtio-serial ports (for migration).
@@ -522,6 +523,30 @@ class QemuGuest(object):
             return self._exec.run(argv_or_sh, timeout, stdin, check, env)
         except GuestError as err:
             raise GuestError(self._with_tail("in guest %s: %s" % (self.name, err)))
+
+    def write_file(self, path, text, mode=None):
+        """Atomically write ``text`` (str) to ``path`` in the guest (temp file + rename)."""
+        script = 'set -e; t="$1.tmp.$$"; cat > "$t"; [ -z "$2" ] || chmod "$2" "$t"; mv -f "$t" "$1"'
+        self.exec(["sh", "-c", script, "sh", path, "%o" % mode if mode is not None else ""],
+                  stdin=text, check=True)
+
+    def read_file(self, path):
+        """The content of ``path`` in the guest (str); GuestError if it cannot be read."""
+        return self.exec(["cat", path], check=True)[1]
+
+    def wait_until(self, sh, timeout=30, interval=0.2):
+        """Run shell text ``sh`` in the guest until it exits 0; return its stdout.  GuestError
+        (with the last output and the console tail) after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc, out, err = self.exec(sh, timeout=max(5, timeout))
+            if rc == 0:
+                return out
+            if time.monotonic() > deadline:
+                raise GuestError(self._with_tail("%r still failing after %s s (rc %d)\n"
+                                                 "stdout: %s\nstderr: %s"
+                                                 % (sh, timeout, rc, out, err)))
+            time.sleep(interval)
 
     def reconnect_exec(self, timeout=10):
         """Reconnect the exec channel (to this guest's exec socket)."""

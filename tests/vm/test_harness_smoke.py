@@ -97,6 +97,12 @@ def test_exec_runs_commands(guest, image):
     assert rc == 3 and out == "smoke-guest\n"
     rc, out, _ = guest.exec(["cat"], stdin="päyload\n")
     assert (rc, out) == (0, "päyload\n")
+    guest.write_file("/etc/hostkv/hooks.d/x y", "#!/bin/sh\necho 'it ran'\n", mode=0o755)
+    assert guest.read_file("/etc/hostkv/hooks.d/x y").endswith("'it ran'\n")
+    assert guest.exec(["/etc/hostkv/hooks.d/x y"])[1] == "it ran\n"
+    assert guest.wait_until("test -e /run/hostkv-test/init-done && echo yes", 10) == "yes\n"
+    with pytest.raises(GuestError, match="still failing"):
+        guest.wait_until("false", timeout=1)
 
 
 def test_exec_timeout_and_check_fail_loudly(guest):
