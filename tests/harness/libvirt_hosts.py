@@ -524,6 +524,12 @@ class LibvirtGuest(object):
         reply = self.exec.run(cmd=["cat", "/run/hostkv/keys/" + key], timeout=10)
         return reply["stdout"] if reply["rc"] == 0 else None
 
+    def published(self):
+        """The agent's /run/hostkv/values.json (seq, host_id, generation, values, ...) or None."""
+        import json
+        reply = self.exec.run(cmd=["cat", "/run/hostkv/values.json"], timeout=10)
+        return json.loads(reply["stdout"]) if reply["rc"] == 0 else None
+
     def wait_key(self, key, value, timeout=10.0, interval=0.05):
         """Wait until the guest publishes ``key`` = ``value``; returns the seconds it took."""
         start = time.monotonic()

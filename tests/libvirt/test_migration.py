@@ -19,6 +19,7 @@ def test_live_migration_there_and_back(lv_hosts, guests):
         g.wait_key("host.hostname", dst.hostname, timeout=10)
         assert g.key("host.rack") == "r" + dst.name
         assert (g.key("vm.role"), g.key("vm.app")) == ("web", "shop")
+        assert g.published()["host_id"] == dst.host_uuid      # libvirt's host UUID of the landing host
         cli = g.exec.run(cmd=["hostkv", "get", "host.hostname"])
         assert cli["stdout"].strip() == dst.hostname, cli
         assert "mig1" in channels(dst) and channels(dst)["mig1"]["path"] == g.hostkv_socket()
