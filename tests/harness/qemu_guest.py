@@ -66,6 +66,7 @@ HOSTKV_PORT = "org.hostkv.0"
 EXEC_PORT = "org.hostkv.test.0"
 QEMU = os.environ.get("HOSTKV_TEST_QEMU", "qemu-system-x86_64")
 _SUN_PATH_MAX = 107
+MAX_REPLY_BYTES = 64 * 1024 * 1024    # the exec server caps each stream at 4 MiB
 # Console on ttyS0; no legacy keyboard probing, no TSC re-checks: ~1 s less kernel init on TCG.
 KERNEL_CMDLINE = ("console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.nopnp "
                   "i8042.dumbkbd tsc=reliable no_timer_check mitigations=off")
@@ -266,6 +267,9 @@ class ExecClient(object):
                 self.close()
                 raise GuestError("exec socket %s closed by QEMU" % self.path)
             self._buf += data
+            if len(self._buf) > MAX_REPLY_BYTES:
+                self.close()
+                raise GuestError("exec server sent a line over %d bytes" % MAX_REPLY_BYTES)
 
 
     def run(self, argv_or_sh, timeout=60, stdin=None, check=False, env=None):
@@ -277,7 +281,9 @@ class ExecClient(object):
         reply = self.request(_exec_request(argv_or_sh, timeout, stdin, env), timeout + 15)
         if "error" in reply:
             raise GuestError("exec %r refused: %s" % (argv_or_sh, reply["error"]))
-        result = (reply["rc"], reply.get("stdout", ""), reply.get("stderr", ""))
+        result = (reply.get("rc"), reply.get("stdout", ""), reply.get("stderr", ""))
+        if not isinstance(result[0], int) or not all(isinstance(x, str) for x in result[1:]):
+            raise GuestError("malformed exec reply: %r" % (reply,))
         if reply.get("timed_out"):
             raise GuestError("exec %r timed out after %s s in the guest;\nstdout: %s\nstderr: %s"
                              % (argv_or_sh, timeout, result[1], result[2]))
