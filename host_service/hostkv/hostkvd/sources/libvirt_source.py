@@ -31,6 +31,7 @@ from hostkv.hostkvd import domain_xml
 log = logging.getLogger("hostkvd.libvirt")
 
 _event_impl = None
+STABLE_SECONDS = 10.0   # a connection that lived this long resets the reconnect backoff
 
 
 def ensure_event_impl(loop=None):
@@ -92,10 +93,15 @@ class LibvirtSource(object):
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
                     continue
-                delay = self.backoff_min
+                connected_at = asyncio.get_event_loop().time()
                 await self._closed.wait()
                 log.warning("libvirt %s: connection lost; reconnecting (guests stay served)", self.uri)
                 self._drop_connection()
+                if asyncio.get_event_loop().time() - connected_at > STABLE_SECONDS:
+                    delay = self.backoff_min    # a flapping libvirtd keeps the growing delay
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(self.backoff_max, delay * 2)
         finally:
             for task in list(self._pending.values()):
                 task.cancel()
