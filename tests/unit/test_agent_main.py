@@ -17,8 +17,7 @@ HOSTKV = os.path.join(REPO, "guest_agent", "bin", "hostkv")
 
 
 def spawn(tmp_path, *extra, **env_extra):
-    env = {"PATH": "/usr/bin:/bin", "HOSTKV_AGENT_LIBDIR": "/nonexistent",
-           "HOSTKV_RUN_DIR": str(tmp_path / "run"), "HOSTKV_STATE_DIR": str(tmp_path / "state"),
+    env = {"PATH": "/usr/bin:/bin", "HOSTKV_RUN_DIR": str(tmp_path / "run"), "HOSTKV_STATE_DIR": str(tmp_path / "state"),
            "HOSTKV_HOOKS_DIR": str(tmp_path / "hooks"), "HOSTKV_SYSFS_DIR": str(tmp_path / "sys"),
            "HOSTKV_DEV_DIR": str(tmp_path / "dev")}
     env.update(env_extra)
@@ -27,8 +26,7 @@ def spawn(tmp_path, *extra, **env_extra):
 
 
 def cli(tmp_path, *args):
-    env = {"PATH": "/usr/bin:/bin", "HOSTKV_AGENT_LIBDIR": "/nonexistent",
-           "HOSTKV_RUN_DIR": str(tmp_path / "run")}
+    env = {"PATH": "/usr/bin:/bin", "HOSTKV_RUN_DIR": str(tmp_path / "run")}
     return subprocess.run([sys.executable, HOSTKV] + list(args), env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=30)
 

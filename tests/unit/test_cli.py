@@ -26,8 +26,7 @@ VALUES = {"host.hostname": "hv1.example", "vm.multi": "line1\nline2\n", "vm.quot
 
 
 def hostkv(run_dir, *args, **kw):
-    env = {"PATH": "/usr/bin:/bin", "HOSTKV_RUN_DIR": str(run_dir),
-           "HOSTKV_AGENT_LIBDIR": "/nonexistent"}       # use the checkout, not an installed copy
+    env = {"PATH": "/usr/bin:/bin", "HOSTKV_RUN_DIR": str(run_dir)}
     env.update(kw.pop("env", {}))
     return subprocess.run([sys.executable, HOSTKV] + list(args), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=env, timeout=kw.pop("timeout", 30))
@@ -139,3 +138,24 @@ def test_with_agent_status_live_get_and_watch(rig):
     rig.host.set(values={"host.hostname": "hv1.example"})
     p = hostkv(run, "watch", "vm.role", "--since", "2")
     assert p.returncode == 1 and p.stdout == b"3\n"
+
+
+def test_wrappers_find_an_installed_tree_from_their_own_path(tmp_path):
+    """<root>/usr/bin/hostkv and <root>/usr/sbin/hostkv-agent use <root>/usr/lib/hostkv-agent."""
+    import shutil
+    root = tmp_path / "root"
+    lib = root / "usr" / "lib" / "hostkv-agent" / "hostkv"
+    shutil.copytree(os.path.join(REPO, "guest_agent", "hostkv", "agent"), str(lib / "agent"))
+    shutil.copy(os.path.join(REPO, "protocol", "hostkv", "protocol.py"), str(lib))
+    (lib / "agent" / "__init__.py").write_text('VERSION = "from-the-tree"\n')
+    for name, bindir in (("hostkv", "bin"), ("hostkv-agent", "sbin")):
+        (root / "usr" / bindir).mkdir(parents=True)
+        shutil.copy(os.path.join(REPO, "guest_agent", "bin", name), str(root / "usr" / bindir / name))
+        p = subprocess.run([str(root / "usr" / bindir / name), "--version"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin"}, cwd=str(tmp_path),
+                           timeout=30)
+        assert p.returncode == 0 and p.stdout.strip().endswith(b"from-the-tree"), p.stdout
+    p = subprocess.run([sys.executable, HOSTKV, "--version"], stdout=subprocess.PIPE, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", "HOSTKV_AGENT_LIBDIR": str(tmp_path / "nothing")},
+                       stderr=subprocess.PIPE)
+    assert p.returncode == 1 and b"cannot find the hostkv-agent code" in p.stderr
