@@ -16,8 +16,9 @@ Contract:
   * Cache: ``$HOSTKV_TEST_CACHE`` or /var/cache/hostkv-test/, images in ``images/<key>/`` where the
     key hashes every input: the .debs, the host libraries copied, the init files, the agent tree
     and this builder's own source.  Builds are serialised with a lock file and published with an
-    atomic rename: never a half-written image.  Only the 8 most recently used images are kept
-    (older ones once unused for an hour).  A cache hit costs ~0.1 s.
+    atomic rename: never a half-written image.  Only the 8 most recently used images (29 MB
+    initrds) are kept (older ones once unused for 10 minutes); the kernel part is unpacked once
+    per kernel .deb into ``kernels/`` and shared.  A cache hit costs ~0.1 s.
   * Every failure raises :class:`GuestImageError` saying which step failed and its output.
 """
 
@@ -442,7 +443,7 @@ def _busybox_links(stage):
         os.symlink("/bin/busybox", link)
 
 
-def _stage(root_dirs, kernel_dir, release, agent_root, stage):
+def _stage(root_dirs, modules_dir, agent_root, stage):
     """Assemble the guest's / in ``stage``: packages, host libraries, modules, init, agent."""
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
               "root", "var/lib/hostkv", "var/log", "lib/modules/hostkv-test",
@@ -462,9 +463,9 @@ def _stage(root_dirs, kernel_dir, release, agent_root, stage):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if not os.path.lexists(dst):
             shutil.copy2(real, dst)
-    kdir = os.path.join(kernel_dir, "lib", "modules", release, "kernel")
     for mod in MODULES:
-        shutil.copy2(os.path.join(kdir, mod), os.path.join(stage, "lib/modules/hostkv-test"))
+        shutil.copy2(os.path.join(modules_dir, os.path.basename(mod)),
+                     os.path.join(stage, "lib/modules/hostkv-test"))
     shutil.copy2(os.path.join(INIT_DIR, "init"), os.path.join(stage, "init"))
     os.chmod(os.path.join(stage, "init"), 0o755)
     shutil.copy2(os.path.join(INIT_DIR, "exec_server.py"),
@@ -538,9 +539,52 @@ def extract_pvh_kernel(bzimage, dest):
     return True
 
 
+# ---------------------------------------------------------------- the kernel
+
+def _kernel_cache(deb, cache):
+    """Unpack what the guest needs from the kernel .deb once: ``vmlinuz``, the PVH ``vmlinux``
+    (if USE_PVH and possible), ``modules/*.ko`` (MODULES only), ``release``, ``kernel-name``.
+    Shared by all images built from this .deb; the 400 MB dpkg -x tree is not kept."""
+    tag = hashlib.sha256(repr((MODULES, USE_PVH, 1)).encode()).hexdigest()[:8]
+    kernels = os.path.join(cache, "kernels")
+    os.makedirs(kernels, exist_ok=True)
+    dest = os.path.join(kernels, "%s-%s" % (os.path.basename(deb)[:-4], tag))
+    if os.path.exists(os.path.join(dest, "kernel-name")):
+        return dest
+    tmp = tempfile.mkdtemp(prefix=".k-", dir=kernels)
+    try:
+        x = os.path.join(tmp, "x")
+        _run(["dpkg", "-x", deb, x], "extracting %s" % os.path.basename(deb))
+        vmlinuz = glob.glob(os.path.join(x, "boot", "vmlinuz-*"))
+        if len(vmlinuz) != 1:
+            raise GuestImageError("expected one vmlinuz in %s, found %r" % (deb, vmlinuz))
+        release = os.path.basename(vmlinuz[0])[len("vmlinuz-"):]
+        out = os.path.join(tmp, "out")
+        os.makedirs(os.path.join(out, "modules"))
+        shutil.copy2(vmlinuz[0], os.path.join(out, "vmlinuz"))
+        kdir = os.path.join(x, "lib", "modules", release, "kernel")
+        for mod in MODULES:
+            src = os.path.join(kdir, mod)
+            if not os.path.exists(src):
+                raise GuestImageError("kernel module %s is not in %s" % (mod, deb))
+            shutil.copy2(src, os.path.join(out, "modules"))
+        if USE_PVH and extract_pvh_kernel(vmlinuz[0], os.path.join(out, "vmlinux")):
+            kernel_name = "vmlinux"
+        else:
+            kernel_name = "vmlinuz"
+        with open(os.path.join(out, "release"), "w") as f:
+            f.write(release)
+        with open(os.path.join(out, "kernel-name"), "w") as f:
+            f.write(kernel_name)
+        os.rename(out, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 # ---------------------------------------------------------------- the build
 
-def _prune_images(imagedir, keep, newest=8, min_age=3600):
+def _prune_images(imagedir, keep, newest=8, min_age=600):
     """Delete cached images beyond the ``newest`` most recently used ones, but only those
     unused for ``min_age`` seconds (another test run may be about to boot one)."""
     dirs = []
@@ -583,12 +627,12 @@ def build_guest_image(agent_root=None, cache_root=None):
 
         versions = _resolve_packages(cache)
         debs = [_fetch_deb(p, v, debdir) for p, v in versions]
-        extracted = [_extract_deb(d, extractdir) for d in debs]
-        kernel_dir = extracted[0]
-        vmlinuz = glob.glob(os.path.join(kernel_dir, "boot", "vmlinuz-*"))
-        if len(vmlinuz) != 1:
-            raise GuestImageError("expected one vmlinuz in %s, found %r" % (kernel_dir, vmlinuz))
-        release = os.path.basename(vmlinuz[0])[len("vmlinuz-"):]
+        kernel_dir = _kernel_cache(debs[0], cache)
+        extracted = [None] + [_extract_deb(d, extractdir) for d in debs[1:]]
+        with open(os.path.join(kernel_dir, "release")) as f:
+            release = f.read().strip()
+        with open(os.path.join(kernel_dir, "kernel-name")) as f:
+            kernel = os.path.join(kernel_dir, f.read().strip())
 
         h = hashlib.sha256()
         h.update(("builder %s\n" % _builder_hash()).encode())
@@ -609,12 +653,10 @@ def build_guest_image(agent_root=None, cache_root=None):
         final = os.path.join(imagedir, key)
 
         def image():
-            with open(os.path.join(final, "kernel-name")) as f:
-                kernel = os.path.join(final, f.read().strip())
             return GuestImage(kernel, os.path.join(final, "initrd.cpio"), key, release,
-                              os.path.join(final, "vmlinuz"))
+                              os.path.join(kernel_dir, "vmlinuz"))
 
-        if os.path.exists(os.path.join(final, "kernel-name")):
+        if os.path.exists(os.path.join(final, "initrd.cpio")):
             os.utime(final)         # "recently used", for _prune_images
             return image()
 
@@ -622,20 +664,14 @@ def build_guest_image(agent_root=None, cache_root=None):
         try:
             stage = os.path.join(work, "root")
             os.makedirs(stage)
-            _stage(extracted[1:], kernel_dir, release, agent_root, stage)
+            _stage(extracted[1:], os.path.join(kernel_dir, "modules"), agent_root, stage)
             out = os.path.join(work, "out")
             os.makedirs(out)
             write_cpio(stage, os.path.join(out, "initrd.cpio"),
                        extra_nodes=[("dev/console", stat.S_IFCHR | 0o600, 5, 1),
                                     ("dev/null", stat.S_IFCHR | 0o666, 1, 3)])
-            shutil.copy2(vmlinuz[0], os.path.join(out, "vmlinuz"))
-            if USE_PVH and extract_pvh_kernel(vmlinuz[0], os.path.join(out, "vmlinux")):
-                kernel_name = "vmlinux"
-            else:
-                kernel_name = "vmlinuz"
-            with open(os.path.join(out, "kernel-name"), "w") as f:
-                f.write(kernel_name)
             with open(os.path.join(out, "inputs.txt"), "w") as f:
+                f.write("kernel %s\n" % kernel)
                 f.write("built %s\n" % time.strftime("%Y-%m-%d %H:%M:%S"))
                 for p, v in versions:
                     f.write("%s %s\n" % (p, v))
@@ -644,6 +680,9 @@ def build_guest_image(agent_root=None, cache_root=None):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _prune_images(imagedir, keep=final)
+        # The full kernel tree of older builder versions (400 MB) is not needed any more.
+        for old in glob.glob(os.path.join(extractdir, "linux-image-*")):
+            shutil.rmtree(old, ignore_errors=True)
         return image()
     finally:
         if tmp_agent:
