@@ -159,3 +159,22 @@ def test_wrappers_find_an_installed_tree_from_their_own_path(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "HOSTKV_AGENT_LIBDIR": str(tmp_path / "nothing")},
                        stderr=subprocess.PIPE)
     assert p.returncode == 1 and b"cannot find the hostkv-agent code" in p.stderr
+
+
+def test_watch_survives_an_agent_restart(rig):
+    run = rig.run_dir
+    out = {}
+
+    def run_watch():
+        out["p"] = hostkv(run, "watch", "vm.role", "--timeout", "30")
+
+    t = threading.Thread(target=run_watch)
+    t.start()
+    wait_for(lambda: len(rig.agent.watchers) == 1, what="CLI watcher")
+    rig.stop()                       # the watcher is told "shutdown"; the CLI reconnects
+    rig.start()
+    rig.wait_published(lambda d: d["connected"] and not d["stale"], "new agent in sync")
+    rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "after-restart"})
+    t.join(30)
+    assert out["p"].returncode == 0, out["p"].stderr
+    assert out["p"].stdout == b"2\nafter-restart"

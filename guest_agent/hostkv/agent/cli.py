@@ -203,7 +203,11 @@ def cmd_status(args):
 
 def cmd_watch(args):
     key = _check_key(args.key) if args.key is not None else None
-    since = args.since          # None: the agent's current seq, i.e. wait for the next change
+    since = args.since
+    if since is None:
+        # the current seq, fixed now: if the agent restarts during the wait, the re-asked
+        # watch still covers every change since this call began
+        since = _ask(args, {"op": "status"}, 5.0).get("seq", 0)
     deadline = None if args.timeout is None else time.time() + args.timeout
     reconnect_until = None
     while True:
