@@ -241,3 +241,25 @@ def test_qemu_that_cannot_start_fails_loudly_with_its_log(image, tmp_path):
     assert "exited with status" in str(info.value)
     assert "no-such-device-hostkv" in str(info.value)      # QEMU's own error, from its log
     assert not g.is_running()
+
+
+def test_custom_agent_root_is_overlaid_and_respawned_like_systemd(tmp_path):
+    """build_guest_image(agent_root=DIR) puts DIR's tree onto the guest's /; init runs
+    /usr/sbin/hostkv-agent and restarts it 2 s after it exits (Restart=always, RestartSec=2)."""
+    root = tmp_path / "root"
+    (root / "usr" / "sbin").mkdir(parents=True)
+    agent = root / "usr" / "sbin" / "hostkv-agent"
+    agent.write_text("#!/bin/sh\necho started >> /run/fake-agent.log\nexit 3\n")
+    agent.chmod(0o755)
+    img = build_guest_image(agent_root=str(root))
+    assert img.initrd != build_guest_image().initrd          # the agent tree is in the key
+    g = QemuGuest(str(tmp_path), None, name="fake", image=img, state_disk=None)
+    g.start()
+    try:
+        g.wait_ready(timeout=90)
+        g.wait_until("[ $(wc -l < /run/fake-agent.log) -ge 2 ]", timeout=30)
+        assert "exited with status 3" in g.read_file("/var/log/hostkv-agent.log")
+        assert "hostkv-agent exited with status 3" in g.console_tail(200)
+        g.exec("touch /run/hostkv-test/no-respawn", check=True)
+    finally:
+        g.stop()
