@@ -14,7 +14,8 @@ Contract:
     (same host name, same /var/lib/libvirt paths); ``host.start_hostkvd(config_text)`` starts hostkvd
     there (libvirt source; control socket ``host.control_socket``) and returns a started
     hostkvd_proc.HostkvdProcess; ``host.hostkvctl(args)`` runs hostkvctl against this host.
-  * ``host.restart_libvirtd()`` stops libvirtd (QEMU guests keep running) and starts it again.
+  * ``host.restart_libvirtd()`` stops libvirtd (QEMU guests keep running) and starts it again;
+    ``host.freeze_libvirtd()`` / ``thaw_libvirtd()`` SIGSTOP/SIGCONT it (a hung daemon).
   * ``start_guest(host, name, image, workdir)`` -> :class:`LibvirtGuest` (``wait_booted()``,
     ``key(k)``, ``wait_key(k, v)``, ``exec.run(sh=...)``; ``guest.host`` = where it runs now);
     ``domain_xml(...)``: direct kernel boot, console to a file (append='on'), the hostkv channel
@@ -271,6 +272,17 @@ class LibvirtHost(object):
             time.sleep(down_seconds)
         self._start_libvirtd(timeout)
 
+    def freeze_libvirtd(self):
+        """SIGSTOP libvirtd: a hung daemon whose socket still accepts connections."""
+        self.frozen = self._pids_named("libvirtd")
+        for pid in self.frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw_libvirtd(self):
+        for pid in getattr(self, "frozen", []):
+            os.kill(pid, signal.SIGCONT)
+        self.frozen = []
+
     def stop_libvirtd(self, timeout=20):
         c, self._conn = getattr(self, "_conn", None), None
         if c is not None:
@@ -286,6 +298,7 @@ class LibvirtHost(object):
 
     def stop(self):
         """Destroy the guests, stop every process in the namespace, remove nothing of the machine's."""
+        self.thaw_libvirtd()
         for proc in self.hostkvds:
             proc.stop()
         self._conn = None
@@ -496,6 +509,8 @@ class LibvirtGuest(object):
         """The exec socket from the live XML; the last one seen while libvirtd is down."""
         import libvirt
         from hostkv.hostkvd import domain_xml
+        if getattr(self.host, "frozen", None) and getattr(self, "_last_exec", None):
+            return self._last_exec     # libvirtd is hung: asking it would block
         try:
             xml = self.dom().XMLDesc(0)
         except libvirt.libvirtError:

@@ -1,4 +1,4 @@
-"""hostkvd keeps serving while libvirtd restarts, then follows new guests and metadata again."""
+"""hostkvd keeps serving while libvirtd restarts or hangs, then follows new guests and metadata again."""
 import pytest
 
 from tests.harness import libvirt_hosts as lh
@@ -32,5 +32,21 @@ def test_libvirtd_restart_under_running_hostkvd(lv_hosts, guests):
         guests.start(a, "rst2")
         lh.wait_for(lambda: channels(a).get("rst2", {}).get("connected"), 15,
                     what="hostkvd to serve the guest started after the restart")
+
+        # a HUNG libvirtd (stopped; its socket still accepts): the keepalive drops the connection,
+        # the reconnect probe runs in a child process, so hostkvd's loop stays free for the guests
+        g.exec.run(cmd=["true"])              # remember the exec socket: libvirt can't be asked
+        mark = hostkvd.log_size()
+        a.freeze_libvirtd()
+        try:
+            hostkvd.wait_log("connection lost", timeout=40, after=mark)
+            a.hostkvctl(["host", "set", "during=hung"], check=True, timeout=10)
+            g.wait_key("host.during", "hung", timeout=5)
+        finally:
+            a.thaw_libvirtd()
+        hostkvd.wait_log("connected (host %s)" % a.hostname, timeout=30, after=mark)
+        a.hostkvctl(["vm", "set", "rst1", "role=thawed"], check=True)
+        g.wait_key("vm.role", "thawed", timeout=5)
     finally:
+        a.thaw_libvirtd()
         a.hostkvctl(["host", "unset", "during"])

@@ -15,14 +15,18 @@
     the channel is never touched;
   * vm.* values come from the domain metadata (namespace domain_xml.NS); bad entries are logged
     and left out, the rest is served;
-  * when the connection closes (libvirtd restarted or died) it reconnects with backoff, then
-    re-enumerates and re-registers.  Channels stay connected meanwhile: they only depend on QEMU.
+  * when the connection closes (libvirtd restarted, died, or stopped answering keepalives) it
+    reconnects with backoff, then re-enumerates and re-registers.  Channels stay connected
+    meanwhile: they only depend on QEMU.  Before each (re)connect a child process checks that
+    libvirtd answers at all (:func:`probe`), so a hung libvirtd cannot stall the loop in ``open``.
 
 Channel keys are the domain UUID strings, labels the domain names.
 """
 
 import asyncio
 import logging
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 from hostkv import protocol
@@ -32,6 +36,34 @@ log = logging.getLogger("hostkvd.libvirt")
 
 _event_impl = None
 STABLE_SECONDS = 10.0   # a connection that lived this long resets the reconnect backoff
+PROBE_TIMEOUT = 10.0    # a libvirtd that does not answer an open within this is "not answering"
+
+# Run in a child process before every (re)connect: libvirt calls are synchronous on our loop, and
+# a libvirtd that accepts the socket but never answers (hung, SIGSTOPped) would otherwise stall
+# every guest channel for as long as it hangs.
+_PROBE = """
+import sys, libvirt
+libvirt.registerErrorHandler(lambda c, e: None, None)
+try:
+    libvirt.openReadOnly(sys.argv[1]).close()
+except libvirt.libvirtError as err:
+    sys.stderr.write(err.get_error_message() or "error")
+    sys.exit(1)
+"""
+
+
+def probe(uri, timeout=PROBE_TIMEOUT):
+    """None if libvirt at ``uri`` answers an open within ``timeout`` s, else why not (blocking)."""
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE, uri], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "libvirt did not answer within %.0f s (hung?)" % timeout
+    except OSError as err:
+        return "cannot run the libvirt probe: %s" % err
+    if res.returncode != 0:
+        return res.stderr.decode("utf-8", "replace").strip()[:300] or "probe failed (%d)" % res.returncode
+    return None
 
 
 def ensure_event_impl(loop=None):
@@ -60,8 +92,9 @@ class LibvirtSource(object):
     """Serves the hostkv channel of every running libvirt domain that has one (module docstring)."""
 
     def __init__(self, uri="qemu:///system", port_name=protocol.DEFAULT_PORT_NAME, set_host_id=True,
-                 backoff_min=0.2, backoff_max=5.0):
+                 backoff_min=0.2, backoff_max=5.0, probe_timeout=PROBE_TIMEOUT):
         self.uri = uri
+        self.probe_timeout = probe_timeout   # 0/None: no probe before connecting
         self.port_name = port_name
         self.set_host_id = set_host_id
         self.backoff_min = backoff_min
@@ -85,11 +118,17 @@ class LibvirtSource(object):
         delay = self.backoff_min
         try:
             while True:
-                try:
-                    await self._connect()
-                except libvirt.libvirtError as err:
-                    log.warning("libvirt %s: cannot connect (%s); retrying in %.1fs",
-                                self.uri, err.get_error_message(), delay)
+                problem = None
+                if self.probe_timeout:
+                    problem = await asyncio.get_event_loop().run_in_executor(
+                        None, probe, self.uri, self.probe_timeout)
+                if problem is None:
+                    try:
+                        await self._connect()
+                    except libvirt.libvirtError as err:
+                        problem = err.get_error_message()
+                if problem is not None:
+                    log.warning("libvirt %s: cannot connect (%s); retrying in %.1fs", self.uri, problem, delay)
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
                     continue
