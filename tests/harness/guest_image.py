@@ -10,7 +10,8 @@ Contract:
     tree overlaid onto / last.  It is an UNcompressed newc cpio (boots faster under TCG).
   * ``agent_root``: a directory laid out like the guest's / (the agent as installed:
     usr/lib/hostkv-agent/hostkv/{protocol.py,agent/}, usr/bin/hostkv, usr/sbin/hostkv-agent).
-    Default: :func:`checkout_agent_root` assembles that tree from this checkout.
+    Default: the hostkv-agent RPM's payload (agent_payload.py: built from this checkout with
+    rpmbuild, unpacked) — the VM tests run what ships; ``"checkout"``: :func:`checkout_agent_root`.
   * Debian packages come from ``apt-get download`` (candidate versions; ``apt-get update`` is run
     once if apt knows no candidate or the download fails) and are kept under the cache.
   * Cache: ``$HOSTKV_TEST_CACHE`` or /var/cache/hostkv-test/, images in ``images/<key>/`` where the
@@ -607,8 +608,10 @@ def _builder_hash():
 
 
 def build_guest_image(agent_root=None, cache_root=None):
-    """Return the :class:`GuestImage` for ``agent_root`` (default: this checkout), building it
-    into the cache if no image with the same inputs exists yet."""
+    """Return the :class:`GuestImage` for ``agent_root``, building it into the cache if no image
+    with the same inputs exists yet.  Default: the payload of the hostkv-agent RPM built from this
+    checkout (tests/harness/agent_payload.py), so the VM tests exercise exactly what ships;
+    ``"checkout"``: the agent tree assembled straight from the checkout's files."""
     cache = cache_root or CACHE_ROOT
     debdir = os.path.join(cache, "debs")
     extractdir = os.path.join(cache, "extract")
@@ -620,6 +623,10 @@ def build_guest_image(agent_root=None, cache_root=None):
     try:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         if agent_root is None:
+            # What ships: the hostkv-agent RPM built from this checkout, unpacked.
+            from tests.harness.agent_payload import agent_payload_root
+            agent_root = str(agent_payload_root())
+        elif agent_root == "checkout":
             tmp_agent = tempfile.mkdtemp(prefix="agent-root-", dir=cache)
             agent_root = checkout_agent_root(os.path.join(tmp_agent, "root"))
         elif not os.path.isdir(agent_root):
