@@ -3,8 +3,16 @@
 A recording fake stands in for the daemon (the real daemon + real libvirtd + QEMU are covered by
 the other tests in this directory).  test:///default keeps its state per process and delivers
 lifecycle and metadata events, which is all the source needs.
+
+Each test runs in a CHILD Python process: registering libvirt's event implementation (libvirtaio,
+bound to one asyncio loop) is process-wide and permanent, and must not leak into other tests that
+share the pytest process.
 """
 import asyncio
+import functools
+import os
+import subprocess
+import sys
 import uuid as uuidlib
 
 import libvirt
@@ -15,7 +23,14 @@ from hostkv.hostkvd.sources import libvirt_source
 from hostkv.hostkvd.sources.libvirt_source import LibvirtSource
 
 URI = "test:///default"
-LOOP = asyncio.new_event_loop()   # libvirtaio binds to one loop per process: every test here uses it
+LOOP = None
+
+
+def _loop():
+    global LOOP
+    if LOOP is None:
+        LOOP = asyncio.new_event_loop()   # libvirtaio binds to one loop per process
+    return LOOP
 
 
 class FakeDaemon(object):
@@ -64,9 +79,29 @@ async def until(pred, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IN_CHILD = os.environ.get("HOSTKV_LIBVIRT_SOURCE_CHILD") == "1"
+
+
+def in_child(test):
+    """Run ``test`` in a fresh interpreter (see the module docstring); fail with its output."""
+    if IN_CHILD:
+        return test
+
+    @functools.wraps(test)
+    def wrapper(*_args, **_kwargs):
+        env = dict(os.environ, HOSTKV_LIBVIRT_SOURCE_CHILD="1")
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "%s::%s" % (os.path.relpath(__file__, REPO), test.__name__)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    del wrapper.__wrapped__   # pytest must not see (and set up) the original's fixture arguments
+    return wrapper
+
+
 @pytest.fixture
 def env():
-    asyncio.set_event_loop(LOOP)
+    asyncio.set_event_loop(_loop())
     libvirt_source.ensure_event_impl(LOOP)
     conn = libvirt.open(URI)
     doms = []
@@ -85,6 +120,7 @@ def run(coro):
     return LOOP.run_until_complete(asyncio.wait_for(coro, 30))
 
 
+@in_child
 def test_serves_only_domains_with_the_channel_and_follows_events(env):
     conn, doms, daemon, source = env
     served = conn.createXML(guest_xml("hk-served", metadata=meta({"vm.role": "db"})), 0)
@@ -121,6 +157,7 @@ def test_serves_only_domains_with_the_channel_and_follows_events(env):
     run(scenario())
 
 
+@in_child
 def test_bad_metadata_keys_are_left_out_not_fatal(env):
     conn, doms, daemon, source = env
     bad = meta({"vm.ok": "yes", "host.sneaky": "no", "vm.bad key": "x"}, "<hostkv:other/>")
@@ -138,6 +175,7 @@ def test_bad_metadata_keys_are_left_out_not_fatal(env):
     run(scenario())
 
 
+@in_child
 def test_unusable_channel_is_reported_and_not_served(env):
     conn, doms, daemon, source = env
     xml = guest_xml("hk-pty", channel=False).replace(
@@ -157,6 +195,7 @@ def test_unusable_channel_is_reported_and_not_served(env):
     run(scenario())
 
 
+@in_child
 def test_unreachable_uri_retries_until_cancelled(env):
     _conn, _doms, daemon, _source = env
     source = LibvirtSource("qemu+unix:///system?socket=/nonexistent/libvirt-sock", backoff_min=0.01,
