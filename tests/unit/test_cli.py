@@ -58,7 +58,13 @@ def test_get_exit_codes(published, tmp_path):
     assert hostkv(run, "get", "host.hostname", "--bogus").returncode == 2
     assert hostkv(run, "watch", "--since", "-3").returncode == 2
     assert hostkv(tmp_path / "nothing", "get", "host.hostname").returncode == 3
-    assert hostkv(run, "get", "--fresh", "host.hostname").returncode == 0
+    # the files say fresh, but no agent runs (as after kill -9: a socket nobody listens on)
+    import socket as socketmod
+    dead = socketmod.socket(socketmod.AF_UNIX)
+    dead.bind(os.path.join(str(run), "agent.sock"))
+    dead.close()
+    p = hostkv(run, "get", "--fresh", "host.hostname")
+    assert p.returncode == 5 and b"agent is not running" in p.stderr
     pub.publish(Record(7, "hv1", 3, VALUES, time.time(), True, False))      # cached, host away
     p = hostkv(run, "get", "--fresh", "host.hostname")
     assert p.returncode == 5 and p.stdout == b"" and b"stale" in p.stderr
@@ -111,6 +117,9 @@ def test_with_agent_status_live_get_and_watch(rig):
     info = json.loads(p.stdout)
     assert p.returncode == 0 and info["connected"] and info["seq"] == 1 and info["state"] == "connected"
     assert b"channel:    connected" in hostkv(run, "status").stdout
+    p = hostkv(run, "get", "--fresh", "host.hostname")
+    assert (p.returncode, p.stdout) == (0, b"hv1.example")
+    assert hostkv(run, "list", "--fresh").returncode == 0
     p = hostkv(run, "get", "--live", "-v", "host.hostname")
     assert (p.returncode, p.stdout) == (0, b"hv1.example") and b"round trip" in p.stderr
     assert hostkv(run, "get", "--live", "host.missing").returncode == 1

@@ -29,7 +29,7 @@ EPILOG = """exit codes:
   2  usage error (bad option, invalid key name)
   3  no data yet, or the agent is not reachable (status: agent down or nothing published)
   4  watch timed out without a change
-  5  the data is stale (cached, or the host is not connected) and --fresh was given
+  5  the data is stale (cached, host not connected, or agent not running) and --fresh was given
 
 watch prints the new seq token on its first line, then the value (KEY given) or the list;
 pass that token as --since to the next call so that no change between calls is missed:
@@ -97,6 +97,31 @@ def _is_fresh(doc):
     return not doc.get("stale", True) and doc.get("connected", False)
 
 
+def _agent_says_connected(args):
+    """True/False from the agent's live status; None when the caller may not ask (socket 0600).
+
+    The files alone cannot tell that the agent was killed (kill -9 leaves "connected": true):
+    a dead agent (no socket, connection refused) counts as not connected.
+    """
+    if not os.path.exists(args.socket):
+        return False
+    try:
+        reply = client.request(args.socket, {"op": "status"}, 5.0)
+    except client.AgentUnreachable as err:
+        return None if "root-only" in str(err) else False
+    except socket.timeout:
+        return False
+    return bool(reply.get("connected")) and bool(reply.get("in_sync", True))
+
+
+def _check_fresh(args, doc):
+    if not _is_fresh(doc):
+        raise CliError(EXIT_STALE, "data is stale (%s)" % (
+            "host not connected" if not doc.get("connected") else "not yet confirmed by the host"))
+    if _agent_says_connected(args) is False:
+        raise CliError(EXIT_STALE, "data is stale (the agent is not running or the host is away)")
+
+
 # ------------------------------------------------------------------ commands
 
 def cmd_get(args):
@@ -116,9 +141,8 @@ def cmd_get(args):
             _err("round trip %.3f ms via the agent" % (reply.get("rtt", 0) * 1000))
         return EXIT_OK
     doc = _published(args)
-    if args.fresh and not _is_fresh(doc):
-        raise CliError(EXIT_STALE, "data is stale (%s)" % (
-            "host not connected" if not doc.get("connected") else "not yet confirmed by the host"))
+    if args.fresh:
+        _check_fresh(args, doc)
     values = doc["values"]
     if key not in values:
         raise CliError(EXIT_NOT_FOUND, "key not found: %s" % key)
@@ -128,8 +152,8 @@ def cmd_get(args):
 
 def cmd_list(args):
     doc = _published(args)
-    if args.fresh and not _is_fresh(doc):
-        raise CliError(EXIT_STALE, "data is stale")
+    if args.fresh:
+        _check_fresh(args, doc)
     if args.json:
         _out(json.dumps(doc, ensure_ascii=False, sort_keys=True, indent=1) + "\n")
     else:
@@ -179,6 +203,7 @@ def cmd_status(args):
                     age=(now - received) if isinstance(received, (int, float)) else None)
     if agent is not None:      # the agent's view of the channel is the live one
         info["connected"] = bool(agent.get("connected"))
+        info.setdefault("seq", agent.get("seq"))
     code = EXIT_OK if (agent is not None and doc is not None) else EXIT_NO_DATA
     if args.json:
         _out(json.dumps(info, ensure_ascii=False, sort_keys=True, indent=1) + "\n")
@@ -190,7 +215,7 @@ def cmd_status(args):
     if doc is None:
         lines.append("data:       none published in %s" % args.run_dir)
     else:
-        lines += ["host_id:    %s" % info["host_id"],
+        lines += ["host_id:    %s" % _format_value(str(info["host_id"])),
                   "generation: %s" % info["generation"],
                   "seq:        %s" % info["seq"],
                   "keys:       %d" % info["keys"],
