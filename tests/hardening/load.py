@@ -120,13 +120,13 @@ def _wait_line(proc, expect, timeout):
     return line
 
 
-def run_load(workdir, seconds=8.0, samples=2000, pause=0.002):
+def run_load(workdir, seconds=8.0, samples=2000, pause=0.002, modes=MODES):
     """Run the scenario described in the module docstring; returns the figures."""
     workdir = str(workdir)
     good = FakePort(os.path.join(workdir, "good.sock"))
-    paths = {m: os.path.join(workdir, m + ".sock") for m in MODES}
-    offenders = {m: start_offender(m, paths[m], seconds) for m in MODES}
-    daemon = HostkvdProcess(workdir, channels=[good.path] + [paths[m] for m in MODES],
+    paths = {m: os.path.join(workdir, m + ".sock") for m in modes}
+    offenders = {m: start_offender(m, paths[m], seconds) for m in modes}
+    daemon = HostkvdProcess(workdir, channels=[good.path] + [paths[m] for m in modes],
                             host_id="load-host", config_text="[host]\nhost.rack = r1\n",
                             extra_args=["--log-level", "info"])
     sampler = None
@@ -143,12 +143,12 @@ def run_load(workdir, seconds=8.0, samples=2000, pause=0.002):
         sampler.start()
         good.accept()
         assert good.frame()["op"] == "snapshot"
-        for m in MODES:
+        for m in modes:
             _wait_line(offenders[m], b"ready", 15)
         client = PingClient(good)
         client.round_trips(200, pause)                      # warm up
         unloaded = client.round_trips(samples, pause)
-        for m in MODES:
+        for m in modes:
             offenders[m].stdin.write(b"go\n")
             offenders[m].stdin.flush()
         time.sleep(0.05)
@@ -157,7 +157,7 @@ def run_load(workdir, seconds=8.0, samples=2000, pause=0.002):
         loaded_span = time.monotonic() - t0
         during = daemon.control({"op": "status"})["status"]
         stats = {}
-        for m in MODES:
+        for m in modes:
             stats[m] = json.loads(_wait_line(offenders[m], None, seconds + 30).decode())
         status = daemon.control({"op": "status"})["status"]
         mem = read_proc_status(pid)

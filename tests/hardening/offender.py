@@ -9,8 +9,8 @@ prints one JSON object of statistics on stdout.  Modes:
 
   * ``flood``: up to 1 GiB of junk with no newline, streamed from a generator (never allocated);
   * ``fast``: valid ``ping`` frames as fast as the socket takes them (replies are read and counted);
-  * ``malformed``: 10,000 lines of malformed JSON in total, across however many connections hostkvd
-    grants.
+  * ``malformed``: 10,000 lines of malformed JSON in total, paced over the attack, across however
+    many connections hostkvd grants (frames written while hostkvd is away are lost with the socket).
 
 Statistics: ``sent_bytes``, ``sent_frames``, ``frames`` (op/code -> count of what hostkvd sent),
 ``connects``, ``closes`` (times hostkvd closed the connection), ``gaps`` (seconds from each close to
@@ -30,6 +30,7 @@ FLOOD_CHUNK = 64 * 1024
 MALFORMED_TOTAL = 10000
 MALFORMED_LINE = b'{"op": "ping", id: 1,}\n'       # not JSON: unquoted name, trailing comma
 PING_BATCH = b'{"op":"ping","id":1}\n' * 200
+PONG = b'{"id":1,"op":"pong"}'
 
 
 def junk(total=GIB, chunk=FLOOD_CHUNK):
@@ -68,6 +69,9 @@ class Reader(threading.Thread):
             *lines, buf = buf.split(b"\n")
             with self.lock:
                 for line in lines:
+                    if line == PONG:                 # the common case, counted without parsing
+                        self.stats["frames"]["pong"] = self.stats["frames"].get("pong", 0) + 1
+                        continue
                     if not line.strip():
                         continue
                     frame = json.loads(line.decode("utf-8"))
@@ -107,14 +111,18 @@ def attack(conn, mode, deadline, stats, reader, state):
             stats["sent_bytes"] += n
             stats["sent_frames"] += n // 21
         elif mode == "malformed":
+            # paced over the whole attack (a burst would just sit in the socket buffer and be
+            # dropped with the first close): every connection hostkvd grants gets frames
             left = MALFORMED_TOTAL - stats["sent_frames"]
             if left <= 0:
                 time.sleep(0.05)
                 continue
-            batch = MALFORMED_LINE * min(50, left)
+            due = int(MALFORMED_TOTAL * min(1.0, (time.monotonic() - state["t0"]) / state["seconds"]))
+            batch = MALFORMED_LINE * min(left, max(0, due - stats["sent_frames"]) + 1)
             n = _send_some(conn, batch, deadline, reader)
             stats["sent_bytes"] += n
             stats["sent_frames"] += n // len(MALFORMED_LINE)
+            time.sleep(0.01)
         else:
             raise SystemExit("unknown mode %r" % mode)
 
@@ -144,6 +152,7 @@ def main(argv):
     sys.stdin.readline()
 
     deadline = time.monotonic() + seconds
+    state.update(t0=time.monotonic(), seconds=seconds * 0.9)
     while True:
         attack(conn, mode, deadline, stats, reader, state)
         if time.monotonic() >= deadline:

@@ -71,7 +71,7 @@ def test_fast_sender_is_held_to_the_request_rate(figures):
 def test_malformed_sender_gets_errors_then_closes_with_growing_penalty(figures):
     for f in figures:
         bad = f["offenders"]["malformed"]
-        assert bad["sent_frames"] == 10000
+        assert 9000 <= bad["sent_frames"] <= 10000    # offered (paced; the tail may miss the deadline)
         assert bad["first_error"]["code"] == "bad-json"
         assert bad["frames"]["error:bad-json"] >= ch.MAX_ERRORS_PER_CONNECTION * bad["closes"]
         assert bad["closes"] >= 3, bad
