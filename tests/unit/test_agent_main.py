@@ -77,3 +77,24 @@ def test_bad_flags_exit_2(tmp_path):
     proc = spawn(tmp_path, "--hook-timeout", "-1")
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2 and "must be a positive number" in err
+
+
+def test_log_lines_are_one_per_event(monkeypatch):
+    import io
+    from hostkv.agent import log
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    buf = io.StringIO()
+    logger = log.setup(stream=buf)
+    try:
+        logger.warning("host said %s", "two\nlines\r")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:                       # leave the logger as other tests expect it
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "warning: host said two\\nlines\\r"
+    assert len(lines) == 2 and lines[1].startswith("error: failed | Traceback") and "boom" in lines[1]
