@@ -25,7 +25,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(sys.path[1:4])
 
 from tests.hardening.load import run_load  # noqa: E402
 
-FIGURE_LINE = re.compile(r"^\s*(fuzz:|restart ->|config:|agent:|isolation:|ping-pong:|load run)")
+FIGURE_LINE = re.compile(r"^\s*(fuzz:|restart ->|config:|agent:|isolation:|ping-pong:|libvirt:|load run)")
 
 
 def load_figures(runs, seconds):
@@ -51,7 +51,7 @@ def load_figures(runs, seconds):
 
 def test_figures(vm):
     modules = ["test_hardening_fuzz.py", "test_hardening_faults.py", "test_hardening_isolation.py",
-               "test_hardening_agent.py"] + (["test_hardening_vm.py"] if vm else [])
+               "test_hardening_agent.py"] + (["test_hardening_vm.py", "test_hardening_libvirt.py"] if vm else [])
     argv = [os.path.join(REPO, ".venv", "bin", "pytest"), "-q", "-s", "-p", "no:cacheprovider"] + [
         os.path.join(REPO, "tests", "hardening", m) for m in modules]
     print("\n== faults, fuzzing, isolation, agent kills%s (pytest)" % (", migration ping-pong" if vm else ""))
