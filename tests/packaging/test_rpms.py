@@ -321,10 +321,10 @@ def test_units_catch_a_broken_unit(installed, tmp_path):
     """The check above can fail: a typo in a copy of the unit is reported."""
     bad = tmp_path / "hostkv-agent.service"
     bad.write_text((installed / "usr/lib/systemd/system/hostkv-agent.service").read_text()
-                   .replace("ProtectSystem=strict", "ProtectSystem=strikt"))
+                   .replace("Restart=always", "Restart=alwayz"))
     proc = unshare_sh("mount -t overlay overlay -o lowerdir=%s:/usr/sbin /usr/sbin\n"
                       "exec systemd-analyze verify --man=no %s" % (installed / "usr/sbin", bad))
-    assert "strikt" in proc.stderr
+    assert "alwayz" in proc.stderr
 
 
 def test_agent_unit_content(installed):
@@ -332,8 +332,8 @@ def test_agent_unit_content(installed):
     assert u[("Service", "Type")] == ["simple"]
     assert u[("Service", "Restart")] == ["always"]
     assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkv-agent"]
-    assert u[("Service", "ProtectSystem")] == ["strict"]
-    assert set(" ".join(u[("Service", "ReadWritePaths")]).split()) == {"/run/hostkv", "/var/lib/hostkv"}
+    # hooks run as the agent's children and must be able to act like any root script
+    assert ("Service", "ProtectSystem") not in u and ("Service", "NoNewPrivileges") not in u
     assert ("Service", "PrivateDevices") not in u      # it needs /dev/virtio-ports
     assert "PYTHONUNBUFFERED=1" in u[("Service", "Environment")]
     assert u[("Install", "WantedBy")] == ["multi-user.target"]
@@ -343,6 +343,7 @@ def test_host_unit_content(installed):
     u = parse_unit(installed / "usr/lib/systemd/system/hostkvd.service")
     assert "libvirtd.service" in " ".join(u[("Unit", "After")]).split()
     assert "libvirtd.service" in " ".join(u[("Unit", "Wants")]).split()
+    assert u[("Service", "LimitNOFILE")] == ["65536"]       # one fd per served guest
     for hard in ("Requires", "Requisite", "BindsTo", "PartOf"):
         assert ("Unit", hard) not in u, "a broken libvirt must never block hostkvd"
     assert u[("Service", "Restart")] == ["on-failure"]
