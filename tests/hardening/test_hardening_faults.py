@@ -48,7 +48,7 @@ def test_kill9_during_sighup_storm_then_every_guest_is_reserved_within_1s(tmp_pa
             assert pushed > 0, "the SIGHUP storm pushed nothing before the kill"
             ports.drain(0.05)               # EOF from the dead daemon
             ports.drop_all()
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             d.start()
             got = ports.wait_snapshots(5)
             cycle_delays = [t - t0 for t, _ in got.values()]
@@ -56,6 +56,7 @@ def test_kill9_during_sighup_storm_then_every_guest_is_reserved_within_1s(tmp_pa
             assert max(cycle_delays) <= RESERVE_BOUND_S, sorted(cycle_delays)
             for _, frame in got.values():     # the restarted daemon serves the last config written
                 assert frame["values"]["host.storm"] == last and frame["values"]["host.rack"] == "r12"
+                assert frame["generation"] >= int(wall0 * 1000)      # from the new daemon
         print("restart -> snapshot on %d guests x 4 kills: max %.3f s, median %.3f s"
               % (GUESTS, max(delays), sorted(delays)[len(delays) // 2]))
     finally:

@@ -192,7 +192,7 @@ def test_host_arbitrary_bytes_arbitrary_splits(data):
     RAN.add("host-bytes")
 
 
-@settings(max_examples=int(800 * SCALE), **FUZZ)
+@settings(max_examples=int(900 * SCALE), **FUZZ)
 @given(st.data())
 def test_host_near_valid_frames(data):
     lines = data.draw(near_valid_lines(GUEST_FRAMES))
@@ -242,7 +242,7 @@ def test_guest_arbitrary_bytes_arbitrary_splits(data):
     RAN.add("guest-bytes")
 
 
-@settings(max_examples=int(800 * SCALE), **FUZZ)
+@settings(max_examples=int(900 * SCALE), **FUZZ)
 @given(st.data())
 def test_guest_near_valid_snapshots(data):
     lines = data.draw(near_valid_lines(SNAPSHOT_FRAMES))
