@@ -98,12 +98,13 @@ def validate_values(values, scope=None):
 
 
 def validate_host_id(host_id):
+    """A host id: 1-128 bytes of UTF-8 with no control characters (it ends up in logs and env)."""
     try:
         size = len(host_id.encode("utf-8")) if isinstance(host_id, str) else 0
     except UnicodeEncodeError:      # a lone surrogate from a JSON "\udc80" escape
         size = 0
-    if not size or size > MAX_HOST_ID_BYTES:
-        raise ProtocolError("bad-host-id", "host_id must be a non-empty string <= %d bytes"
+    if not size or size > MAX_HOST_ID_BYTES or any(c < " " or c == "\x7f" for c in host_id):
+        raise ProtocolError("bad-host-id", "host_id must be 1-%d bytes of printable UTF-8"
                             % MAX_HOST_ID_BYTES)
     return host_id
 

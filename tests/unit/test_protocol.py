@@ -207,3 +207,15 @@ def test_request_ids_are_echoed_only_when_safe():
     s, host, guest = host_and_guest()
     out = frames(host.receive(b'{"op":"ping","id":{"x":1}}\n{"op":"ping","id":"' + b"x" * 100 + b'"}\n'))
     assert out == [{"op": "pong"}, {"op": "pong"}]
+
+
+@pytest.mark.parametrize("host_id", ["", "a\x00b", "line\nbreak", "\x1b[31m", "x" * 129, 5, None, "\udcff"])
+def test_bad_host_ids_are_refused(host_id):
+    with pytest.raises(P.ProtocolError) as err:
+        P.validate_host_id(host_id)
+    assert err.value.code == "bad-host-id"
+
+
+def test_good_host_ids():
+    for host_id in ("4f0c6c1e-8f3a-4a52-9d1e-0b8c2b7c2a10", "kvm7.dc1", "hôte-7", "x" * 128):
+        assert P.validate_host_id(host_id) == host_id
