@@ -122,7 +122,13 @@ class Channel(object):
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_MIN
-            misbehaved = await self._serve(reader, writer)
+            try:
+                misbehaved = await self._serve(reader, writer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # a bug must not end this guest's channel for good, silently
+                log.exception("%s: internal error while serving the channel; reconnecting", self.label)
+                misbehaved = True
             if misbehaved:
                 self.refused += 1
                 self._penalty = min(max(self._penalty * 2, PENALTY_MIN), PENALTY_MAX)
