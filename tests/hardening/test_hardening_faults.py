@@ -147,3 +147,43 @@ def test_malformed_config_on_sighup_is_refused_with_its_line_and_values_stay(tmp
     finally:
         d.stop()
         ports.close()
+
+
+INJECT_BUG = r"""
+import sys
+from hostkv import protocol
+_receive = protocol.HostSession.receive
+def receive(self, data):
+    if b"boom" in data:
+        raise RuntimeError("injected bug")
+    return _receive(self, data)
+protocol.HostSession.receive = receive
+from hostkv.hostkvd.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_internal_error_in_one_channel_is_logged_and_that_guest_is_served_again(tmp_path):
+    """Regression: an exception escaping the frame handling (the lone-surrogate id did that) ended
+    the channel's task silently: that guest was never reconnected and status still said connected."""
+    ports = PortSet(tmp_path, 2)
+    d = HostkvdProcess(tmp_path, channels=ports.paths, host_id="h")
+    assert d.argv[1:3] == ["-m", "hostkv.hostkvd"]
+    d.argv[1:3] = ["-c", INJECT_BUG]
+    try:
+        d.start()
+        ports.wait_snapshots(5)
+        ports.ports[0].send(b'{"op":"ping","id":"boom"}\n')
+        d.wait_log("internal error while serving the channel; reconnecting")
+        assert "RuntimeError: injected bug" in d.log()
+        ports.drain(0.1)
+        t0 = time.monotonic()
+        (t, frame), = ports.wait_snapshots(5, want=[0]).values()
+        assert 0.8 <= t - t0 <= 3.0                      # after the 1 s penalty
+        ports.ports[1].send({"op": "ping", "id": 7})      # the other guest never noticed
+        assert ports.ports[1].frame_where(lambda f: f["op"] == "pong") == {"op": "pong", "id": 7}
+        status = {c["label"]: c for c in d.control({"op": "status"})["status"]["channels"]}
+        assert status["g00.sock"]["refused"] == 1 and status["g00.sock"]["connects"] == 2
+    finally:
+        d.stop()
+        ports.close()
