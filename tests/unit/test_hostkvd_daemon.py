@@ -130,3 +130,41 @@ def test_bad_config_at_start_names_the_line(tmp_path):
         d.start(timeout=10)
     assert "hostkvd.conf:3:" in str(err.value)
     assert d.proc.wait(5) == 1
+
+
+def test_channel_dir_follows_sockets_without_polling(tmp_path):
+    """--channel-dir: a new socket is served at once (inotify), a removed one is dropped, and an
+    idle hostkvd does not wake up (no rescans while nothing changes)."""
+    chans = tmp_path / "channels"
+    chans.mkdir()
+    d = HostkvdProcess(tmp_path, channel_dirs=[str(chans)], config_text="")
+    d.start()
+    port = None
+    try:
+        time.sleep(0.5)
+        before = _ctx_switches(d.proc.pid)
+        time.sleep(3.0)
+        assert _ctx_switches(d.proc.pid) - before <= 2      # idle: no periodic wakeups
+        t0 = time.monotonic()
+        port = FakePort(chans / "vm1.sock")
+        port.accept(timeout=5)
+        assert port.frame()["op"] == "snapshot"
+        assert time.monotonic() - t0 < 0.9                   # well under the 1 s fallback rescan
+        mark = d.log_size()
+        port.close()
+        port = None
+        d.wait_log("vm1.sock: no longer served", timeout=5, after=mark)
+    finally:
+        if port is not None:
+            port.close()
+        d.stop()
+
+
+def _ctx_switches(pid):
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total

@@ -2,14 +2,18 @@
 
 For plain-QEMU users: start QEMU with
 ``-chardev socket,id=hkv,path=PATH,server=on,wait=off -device virtserialport,chardev=hkv,name=org.hostkv.0``
-and hand PATH to hostkvd.  A channel directory is rescanned every ``scan_interval`` seconds: every
-unix socket in it is served (key = its path), sockets that disappear stop being served.
+and hand PATH to hostkvd.  In a channel directory every
+unix socket in it is served (key = its path), sockets that disappear stop being served.  The
+directory is watched with inotify (no wakeups while nothing changes), else rescanned every
+``scan_interval`` seconds.
 Explicit channels carry no vm.* keys.
 """
 
 import asyncio
 import os
 import stat
+
+from hostkv.hostkvd.sources.dirwatch import DirectoryWatch
 
 
 class ExplicitSource(object):
@@ -23,6 +27,13 @@ class ExplicitSource(object):
             daemon.add_channel(path, path, label=os.path.basename(path))
         if not self.directories:
             await asyncio.Event().wait()   # nothing to rescan: sleep until cancelled
+        watch = DirectoryWatch(self.directories, self.scan_interval)
+        try:
+            await self._follow(daemon, watch)
+        finally:
+            watch.close()
+
+    async def _follow(self, daemon, watch):
         served = set()
         while True:
             found = set()
@@ -34,7 +45,7 @@ class ExplicitSource(object):
                 if path not in self.paths:
                     await daemon.remove_channel(path)
             served = found
-            await asyncio.sleep(self.scan_interval)
+            await watch.changed()
 
     @staticmethod
     def _sockets_in(directory):
