@@ -263,7 +263,7 @@ def test_resync_through_garbage_delivers_the_hosts_snapshot(data):
     guest.connected()
     reply = host.receive(guest.data_to_send())
     stream = junk + reply
-    guest2, events = None, []
+    events = []
     for chunk in data.draw(split(stream)):
         events += guest.receive(chunk)
     kinds = [type(e).__name__ for e in events]

@@ -103,8 +103,6 @@ def test_two_guests_never_receive_each_others_vm_keys(tmp_path):
                 assert v["key"] != "vm.%s-only" % other and v["value"] not in (other,)
                 assert other not in v["value"], v
             assert any(e.get("id") == "vm.%s-only" % other and e["code"] == "not-found" for e in p.errors)
-            assert not any(e.get("id") != "vm.%s-only" % other for e in p.errors if e["code"] == "not-found"
-                           and e.get("id") != "vm.%s-only" % g)
         print("isolation: %s" % {g: (len(p.snapshots), p.reconnects, len(p.values)) for g, p in players.items()})
     finally:
         stop.set()

@@ -11,7 +11,6 @@ Raw QEMU (tests/harness/migration.py), TCG here.  One guest for the module.
 """
 
 import json
-import os
 import time
 
 import pytest
