@@ -198,5 +198,25 @@ def update_host_keys(path, set_values=None, unset=()):
     flush()
     text = "\n".join(out) + "\n"
     cfg = parse(text, path)
+    remove_stale_temps(path)
     atomic_write(path, text)
     return cfg
+
+
+def remove_stale_temps(path):
+    """Remove temp files a killed :func:`atomic_write` of ``path`` left behind (``.NAME.XXXXXXXX``).
+
+    Only for files with a single writer (hostkvd's config: hostkvctl edits it through hostkvd).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = ".%s." % os.path.basename(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and len(name) == len(prefix) + 8:   # mkstemp's 8 random chars
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
