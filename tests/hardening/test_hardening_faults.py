@@ -114,6 +114,8 @@ def test_config_never_half_written_under_kill9_during_host_set_storms(tmp_path):
         leftovers = glob.glob(os.path.join(str(tmp_path), ".hostkvd.conf.*"))
         print("config: %d kill -9 cycles, %d acknowledged writes, never half-written; %d temp files left"
               % (checked, writes_acked, len(leftovers)))
+        # a kill between mkstemp and rename leaves a temp file; the next edit removes it
+        assert len(leftovers) <= 1, leftovers
     finally:
         d.stop()
 
@@ -187,3 +189,16 @@ def test_an_internal_error_in_one_channel_is_logged_and_that_guest_is_served_aga
     finally:
         d.stop()
         ports.close()
+
+
+def test_a_config_edit_removes_temp_files_of_a_killed_edit_only(tmp_path):
+    path = tmp_path / "hostkvd.conf"
+    path.write_text("[host]\nhost.a = 1\n")
+    stale = tmp_path / ".hostkvd.conf.abcd1234"          # what mkstemp left when the writer died
+    stale.write_text("[host]\nhost.a = half")
+    others = [tmp_path / ".hostkvd.conf.swp", tmp_path / ".other.conf.abcd1234", tmp_path / "notes"]
+    for p in others:
+        p.write_text("x")
+    config.update_host_keys(str(path), {"host.b": "2"})
+    assert not stale.exists() and all(p.exists() for p in others)
+    assert config.load(str(path)).host_values == {"host.a": "1", "host.b": "2"}
