@@ -124,22 +124,16 @@ try:
     s.connect(sys.argv[1])
 except OSError as err:
     print(json.dumps({"uid": os.getuid(), "connect_error": err.errno})); sys.exit(0)
-# A refused peer is told at once, before it sends anything (hostkvd closes without reading: a
-# request sent first would turn the close into ECONNRESET and hide the message).
-s.settimeout(0.5)
+# The request goes first, as hostkvctl sends it: a refused peer must still read the refusal
+# (hostkvd takes the request line before answering, so the close is no ECONNRESET).
 data = b""
-try:
-    data = s.recv(65536)
-except socket.timeout:
-    pass
-if not data:
-    s.settimeout(5)
-    s.sendall(b'{"op": "host-set", "values": {"host.pwned": "yes"}}\n{"op": "status"}\n')
-    while data.count(b"\n") < 2:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+s.settimeout(5)
+s.sendall(b'{"op": "host-set", "values": {"host.pwned": "yes"}}\n{"op": "status"}\n')
+while data.count(b"\n") < 2:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
 print(json.dumps({"uid": os.getuid(), "replies": [json.loads(l) for l in data.splitlines() if l.strip()]}))
 """
 

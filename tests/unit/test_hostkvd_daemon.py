@@ -168,3 +168,26 @@ def _ctx_switches(pid):
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                     total += int(line.split()[1])
     return total
+
+
+def test_a_socket_that_appears_late_is_connected_at_once_without_polling(tmp_path):
+    """A migration destination's QEMU creates its socket whenever it starts: hostkvd notices at
+    once (inotify on the directory), not after its retry backoff, and waits without waking up."""
+    path = tmp_path / "later.sock"
+    d = HostkvdProcess(tmp_path, channels=[str(path)], config_text="")
+    d.start()
+    port = None
+    try:
+        time.sleep(4.0)                        # the retry backoff has grown to its 2 s maximum
+        before = _ctx_switches(d.proc.pid)
+        time.sleep(3.0)
+        assert _ctx_switches(d.proc.pid) - before <= 2
+        t0 = time.monotonic()
+        port = FakePort(path)
+        port.accept(timeout=5)
+        assert port.frame()["op"] == "snapshot"
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        if port is not None:
+            port.close()
+        d.stop()

@@ -4,7 +4,9 @@ Contract:
   * connects to ``path`` (QEMU's chardev socket server) and, on every (re)connect, pushes the
     guest's snapshot at once — a guest that migrated onto this host sees no disconnect edge, so the
     pushed snapshot is how it learns the new host's values;
-  * retries with exponential backoff (50 ms .. 2 s) while the socket is missing or refuses;
+  * while the socket does not exist, waits for it to appear (inotify on its directory: the
+    reconnect is immediate and costs no wakeups); while it refuses, retries with exponential
+    backoff (50 ms .. 2 s);
   * answers the guest's requests through :class:`hostkv.protocol.HostSession`;
   * :meth:`push` sends the current snapshot again (values changed); pushes never queue up: only the
     newest snapshot is sent once the socket can take it;
@@ -21,11 +23,13 @@ import time
 
 from hostkv import protocol
 from hostkv.hostkvd.ratelimit import TokenBucket
+from hostkv.hostkvd.dirwatch import path_waiter
 
 log = logging.getLogger("hostkvd.channel")
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+SOCKET_WAIT_MAX = 60.0          # a missing socket is watched (inotify); re-checked at least this often
 PENALTY_MIN = 1.0
 PENALTY_MAX = 60.0
 READ_CHUNK = 4096
@@ -114,6 +118,14 @@ class Channel(object):
             self.state = "connecting"
             try:
                 reader, writer = await asyncio.open_unix_connection(self.path)
+            except FileNotFoundError:
+                # QEMU has not created the socket (yet): wake up when it appears, not on a timer
+                self.state = "waiting"
+                if await path_waiter().wait_for(self.path, SOCKET_WAIT_MAX, backoff):
+                    backoff = BACKOFF_MIN    # event-driven: retry at once when it appears
+                else:
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             except (OSError, ValueError) as err:
                 if self.state != "waiting":
                     log.debug("%s: %s not reachable (%s); retrying", self.label, self.path, err)

@@ -67,7 +67,12 @@ class ControlServer(object):
             uid = peer_uid(writer.get_extra_info("socket"))
             if uid not in (0, os.getuid()):
                 log.warning("control: refused a connection from uid %d", uid)
+                try:   # take the request first, so the refusal is read rather than a reset
+                    await asyncio.wait_for(reader.readline(), 1.0)
+                except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError):
+                    pass
                 writer.write(b'{"ok":false,"error":"permission denied: hostkvctl must run as root"}\n')
+                await writer.drain()
                 return
             while True:
                 try:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import stat
 
-from hostkv.hostkvd.sources.dirwatch import DirectoryWatch
+from hostkv.hostkvd.dirwatch import DirectoryWatch
 
 
 class ExplicitSource(object):
