@@ -37,11 +37,16 @@ import os
 import sys
 import tempfile
 
+# Sources: the checkout (<repo>/cobbler_plugin/ = HERE, <repo>/kickstart_snippets/, <repo>/protocol/)
+# or the hostkv-cobbler RPM, which puts all of them under HERE = /usr/share/hostkv-cobbler/.
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MODULES_SRC = os.path.join(HERE, "modules", "hostkv")
-SNIPPETS_SRC = os.path.join(REPO, "kickstart_snippets")
-PROTOCOL_SOURCES = (os.path.join(REPO, "protocol", "hostkv", "protocol.py"),
+SNIPPETS_SRC = next((d for d in (os.path.join(HERE, "kickstart_snippets"),
+                                 os.path.join(REPO, "kickstart_snippets")) if os.path.isdir(d)),
+                    os.path.join(REPO, "kickstart_snippets"))
+PROTOCOL_SOURCES = (os.path.join(HERE, "protocol", "hostkv", "protocol.py"),
+                    os.path.join(REPO, "protocol", "hostkv", "protocol.py"),
                     "/usr/lib/hostkv-host/hostkv/protocol.py",
                     "/usr/lib/hostkv-agent/hostkv/protocol.py")
 MANIFEST = "/var/lib/hostkv-cobbler/manifest.json"

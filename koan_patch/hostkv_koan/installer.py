@@ -72,11 +72,15 @@ def koan_version(site_dir):
 
 def default_lib_dirs():
     """Where hostkv's host code (hostkv/protocol.py, hostkv/hostkvd/) lives: the checkout this
-    code belongs to, else the RPM's /usr/lib/hostkv-host."""
+    code belongs to; else, for the RPM's <root>/usr/lib/hostkv-koan, its sibling
+    <root>/usr/lib/hostkv-host (so an `rpm --root` tree uses its own copy); else /usr/lib/hostkv-host."""
     repo = os.path.dirname(CODE_DIR)
     checkout = [os.path.join(repo, "protocol"), os.path.join(repo, "host_service")]
     if all(os.path.isdir(d) for d in checkout) and _missing_lib_files(checkout) == []:
         return checkout
+    sibling = [os.path.join(repo, os.path.basename(INSTALLED_LIB_DIR))]
+    if _missing_lib_files(sibling) == []:
+        return sibling
     return [INSTALLED_LIB_DIR]
 
 

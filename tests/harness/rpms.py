@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "packaging" / "build-rpms.sh"
 # What build-rpms.sh puts into the source tarball (keep in sync with its `tar` line).
-PACKAGED_PATHS = ("VERSION", "protocol", "guest_agent", "host_service", "packaging")
+PACKAGED_PATHS = ("VERSION", "protocol", "guest_agent", "host_service", "koan_patch",
+                  "cobbler_plugin", "kickstart_snippets", "packaging")
 
 RpmSet = collections.namedtuple("RpmSet", "agent host srpm")
 
