@@ -9,10 +9,14 @@ mount namespaces.  Nothing here touches the machine's own rpm database or /usr, 
     clean_env()                 environment without PYTHON*, PATH=/usr/sbin:/usr/bin:/sbin:/bin
     py_files(top)               sorted relative paths of *.py under top (no caches)
     parse_unit(path)            {(section, key): [values]} of a systemd unit
+    build(dist, release)        build-rpms.sh -> Built(agent, host, srpm, cobbler, cobbler_srpm)
 """
+import collections
 import os
 import subprocess
 from pathlib import Path
+
+from tests.harness import rpms as rpmh
 
 
 def run(cmd, timeout=60, check=True, **kw):
@@ -99,3 +103,17 @@ def parse_unit(path):
         key, _, value = line.partition("=")
         units.setdefault((section, key.strip()), []).append(value.strip())
     return units
+
+
+Built = collections.namedtuple("Built", "agent host srpm cobbler cobbler_srpm")
+
+
+def build(dist, release, srcdir=None):
+    """build-rpms.sh into ``dist``: the hostkv RpmSet plus the hostkv-cobbler RPM and SRPM."""
+    rpms = rpmh.build_rpms(dist, release=release, srcdir=srcdir)
+    found = []
+    for pattern in ("hostkv-cobbler-*.noarch.rpm", "hostkv-cobbler-*.src.rpm"):
+        hits = sorted(Path(dist).glob(pattern))
+        assert len(hits) == 1, "%s: expected one %s, found %s" % (dist, pattern, hits)
+        found.append(hits[0])
+    return Built(rpms.agent, rpms.host, rpms.srpm, *found)

@@ -9,7 +9,6 @@ by the real rpm into scratch roots, and the INSTALLED commands run for real:
   system python3 sees the project venv's koan and Cobbler (so the real scriptlet commands act on
   a real koan and a real Cobbler package dir; everything lands in the overlay's upper dir).
 """
-import collections
 import hashlib
 import json
 import os
@@ -21,8 +20,8 @@ import pytest
 
 from tests.harness import rpms as rpmh
 from tests.koan.koan_env import KoanEnv
-from tests.packaging.rpmtools import (clean_env, file_flags, file_list, py_files, requires, rpm_root,
-                                      rpmq, run, scriptlets, unshare_sh)
+from tests.packaging.rpmtools import (build, clean_env, file_flags, file_list, py_files, requires,
+                                      rpm_root, rpmq, run, scriptlets, unshare_sh)
 
 REPO = rpmh.REPO
 VERSION = rpmh.version()
@@ -34,20 +33,6 @@ RPM_DIR = "/usr/share/hostkv/rpms"
 COBBLER_CONF = "/etc/hostkv/cobbler.conf"
 MANIFEST = "/var/lib/hostkv-cobbler/manifest.json"
 R2_MARKER = "## hostkv-cobbler release 2 marker\n"
-
-Built = collections.namedtuple("Built", "agent host srpm cobbler cobbler_srpm")
-
-
-def build(dist, release, srcdir=None):
-    """build-rpms.sh into ``dist``: the hostkv RpmSet plus the hostkv-cobbler RPM and SRPM."""
-    rpms = rpmh.build_rpms(dist, release=release, srcdir=srcdir)
-    found = []
-    for pattern in ("hostkv-cobbler-*.noarch.rpm", "hostkv-cobbler-*.src.rpm"):
-        hits = sorted(Path(dist).glob(pattern))
-        assert len(hits) == 1, "%s: expected one %s, found %s" % (dist, pattern, hits)
-        found.append(hits[0])
-    return Built(rpms.agent, rpms.host, rpms.srpm, *found)
-
 
 def venv_site():
     sites = sorted((REPO / ".venv" / "lib").glob("python3*/site-packages"))
