@@ -1,4 +1,5 @@
-# hostkv build entry points.  `make rpms` -> dist/hostkv-{agent,host}-V-R.noarch.rpm + dist/hostkv-V-R.src.rpm
+# hostkv build entry points.  `make rpms` -> dist/hostkv-{agent,host,cobbler}-V-R.noarch.rpm
+# + dist/hostkv-V-R.src.rpm + dist/hostkv-cobbler-V-R.src.rpm (packaging/README.md)
 RELEASE ?= 1
 DIST ?= dist
 
