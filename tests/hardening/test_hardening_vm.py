@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.harness.guest_image import build_guest_image
+from tests.harness.guest_reads import guest_status, guest_value, wait_for
 from tests.harness.hostkvd_proc import HostkvdProcess, uts_prefix
 from tests.harness.migration import MigrationPair
 from tests.harness.qemu_guest import QemuGuest
@@ -32,28 +33,6 @@ NASTY = {
 WATCH_LOOP = (
     "s=%d; while :; do out=$(hostkv watch host.hostname --since $s --json --timeout 600) || break; "
     "echo \"$out\" >> /tmp/pingpong.watch; s=$(echo \"$out\" | sed 's/.*\"seq\": \\([0-9]*\\).*/\\1/'); done")
-
-
-def wait_for(pred, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s (last %r)" % (timeout, what, last))
-        time.sleep(interval)
-
-
-def guest_value(guest, key):
-    rc, out, err = guest.exec(["cat", "/run/hostkv/keys/" + key], timeout=20)
-    return out if rc == 0 else None
-
-
-def status(guest):
-    rc, out, err = guest.exec(["hostkv", "status", "--json"], timeout=20)
-    assert out, (rc, err, guest.console_tail())
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +84,7 @@ def test_migration_ping_pong_lands_on_the_right_host_and_watch_sees_every_change
     pair = world["pair"]
     guest = pair.guest
     wait_for(lambda: guest_value(guest, "host.hostname") == "host-a", 30, "host-a in the guest")
-    seq = status(guest)["seq"]
+    seq = guest_status(guest)[1]["seq"]
     guest.exec("(%s) </dev/null >/dev/null 2>&1 &" % (WATCH_LOOP % seq))
     time.sleep(0.3)
     settle, expected = [], []
@@ -117,7 +96,7 @@ def test_migration_ping_pong_lands_on_the_right_host_and_watch_sees_every_change
         wait_for(lambda: guest_value(pair.guest, "host.hostname") == target, 20,
                  "hop %d: guest reports %s" % (hop, target))
         settle.append(time.monotonic() - t_resumed)
-        st = status(pair.guest)
+        st = guest_status(pair.guest)[1]
         assert st["host_id"] == "id-" + target and st["connected"] is True, st
         assert guest_value(pair.guest, "host.rack") == "r-" + target
     guest = pair.guest
