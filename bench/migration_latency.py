@@ -63,6 +63,8 @@ def clock_offset(guest, samples=7):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hops", type=int, default=10)
+    ap.add_argument("--agent-log", action="store_true",
+                    help="print the agent's log lines of the run (per-publication timings)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="hkv-mig-")
     names = ("bench-host-a", "bench-host-b")
@@ -116,6 +118,9 @@ def main():
                   "clock error <= %.1f ms; downtime %s ms)" % (hop + 1, target, latency * 1000,
                                                               transport[-1], err_bound * 1000,
                                                               result.downtime_ms))
+        if args.agent_log:
+            rc, out, err = guest.exec(["cat", "/var/log/hostkv-agent.log"])
+            print("agent log:\n" + "\n".join("  " + line for line in out.splitlines()[-8 * args.hops:]))
     finally:
         guest.stop(sync=False)
         for h in hosts.values():

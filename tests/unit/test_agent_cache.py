@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from hostkv import protocol
 from hostkv.agent import cache, config
 from hostkv.agent.daemon import Agent
 from hostkv.agent.model import History, Record
@@ -49,17 +50,113 @@ def _start_agent(tmp_path):
     return agent
 
 
-def test_seq_floor_when_run_dir_is_ahead_of_the_cache(tmp_path):
-    """A run dir (agent restart, no reboot) newer than the cache: never reuse its seq."""
+def test_run_dir_ahead_of_the_cache_is_adopted(tmp_path):
+    """A run dir (agent killed after a publication, before its cache write; no reboot) newer
+    than the cache: what is published stays, under its own seq, and becomes the cache."""
     cache.save(str(tmp_path / "state"), rec(3, {"host.hostname": "old"}))
     pub = Publisher(str(tmp_path / "run"))
     pub.prepare()
-    pub.publish(rec(5, {"host.hostname": "newer"}))
+    pub.publish(rec(4, {"host.hostname": "newer"}))
     agent = _start_agent(tmp_path)
-    assert agent.seq == 6
+    assert agent.seq == 4
     doc = read_current(str(tmp_path / "run"))
-    assert doc["seq"] == 6 and doc["stale"] is True and doc["values"] == {"host.hostname": "old"}
-    assert cache.load(str(tmp_path / "state")).seq == 6
+    assert doc["seq"] == 4 and doc["stale"] is True and doc["values"] == {"host.hostname": "newer"}
+    assert cache.load(str(tmp_path / "state")).seq == 4
+
+
+def test_run_dir_with_the_cache_seq_but_other_data_gets_a_new_seq(tmp_path):
+    cache.save(str(tmp_path / "state"), rec(3, {"host.hostname": "old"}))
+    pub = Publisher(str(tmp_path / "run"))
+    pub.prepare()
+    pub.publish(rec(3, {"host.hostname": "other"}))
+    agent = _start_agent(tmp_path)
+    assert agent.seq == 4 and cache.load(str(tmp_path / "state")).seq == 4
+    assert read_current(str(tmp_path / "run"))["values"] == {"host.hostname": "old"}
+
+
+def _agent(tmp_path):
+    cfg = config.Config(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"),
+                        hooks_dir=str(tmp_path / "hooks"), device=str(tmp_path / "no-such-port"),
+                        socket=str(tmp_path / "agent.sock"))
+    return Agent(cfg)
+
+
+def _snap(i):
+    return protocol.Snapshot("hv%d" % (i % 3), i, {"host.hostname": "hv%d" % (i % 3), "vm.n": str(i)})
+
+
+def test_at_most_one_publication_is_ahead_of_the_cache(tmp_path, monkeypatch):
+    """The cache is written after each publication (its fsync is off the watchers' path) but
+    before the next snapshot: whenever anything is published, the cache on disk is at most
+    one seq behind it.  So a kill or power loss can lose at most cached seq + 1."""
+    state = str(tmp_path / "state")
+    agent = _agent(tmp_path)
+    agent.start()
+    real_publish = agent.publisher.publish
+    checked = []
+
+    def checking_publish(record, cleanup=True):
+        on_disk = cache.load(state)
+        assert record.seq <= (on_disk.seq if on_disk else 0) + 1, (record.seq, on_disk)
+        checked.append(record.seq)
+        return real_publish(record, cleanup=cleanup)
+
+    monkeypatch.setattr(agent.publisher, "publish", checking_publish)
+    agent.connected = True
+    for i in range(1, 30):
+        agent._on_snapshot(_snap(i // 2))          # pairs: a new seq, then a confirmation
+        assert cache.load(state).seq == agent.seq  # the cache caught up before returning
+    assert checked[-1] == agent.seq == 15 and len(checked) == 29
+    agent._shutdown()
+
+
+def test_unclean_stop_between_publication_and_cache_write_then_reboot(tmp_path, monkeypatch):
+    """The worst case: seq N+1 published, the cache write lost (kill -9 / power loss), reboot.
+    The cached data comes back under N+2: never a seq below one a reader saw, never one seq
+    naming two different data."""
+    state, run = str(tmp_path / "state"), str(tmp_path / "run")
+    agent = _agent(tmp_path)
+    agent.start()
+    agent.connected = True
+    agent._on_snapshot(_snap(1))
+    agent._on_snapshot(_snap(2))
+    assert cache.load(state).seq == 2
+    monkeypatch.setattr(cache, "save", lambda *a, **k: None)      # dies before the cache write
+    agent._on_snapshot(_snap(3))
+    seen = read_current(run)
+    assert seen["seq"] == 3 and cache.load(state).seq == 2
+    monkeypatch.undo()
+    agent.control.close()                                          # no _shutdown(): killed
+    agent.hooks.stop()
+    from hostkv.agent.publish import rmtree
+    rmtree(run)                                                    # reboot: /run is gone
+    again = _agent(tmp_path)
+    again.start()
+    doc = read_current(run)
+    assert doc["seq"] == 4 and doc["stale"] is True and doc["values"] == _snap(2).values
+    assert cache.load_state(state)[0].seq == 4
+    again.connected = True
+    again._on_snapshot(_snap(3))                                   # the host repeats seq 3's data
+    assert read_current(run)["seq"] == 5
+    again._shutdown()
+
+
+def test_clean_stop_then_reboot_keeps_the_seq(tmp_path):
+    state, run = str(tmp_path / "state"), str(tmp_path / "run")
+    agent = _agent(tmp_path)
+    agent.start()
+    agent.connected = True
+    agent._on_snapshot(_snap(1))
+    agent._shutdown()
+    assert cache.load_state(state)[1] is True
+    from hostkv.agent.publish import rmtree
+    rmtree(run)
+    again = _agent(tmp_path)
+    again.start()
+    assert again.seq == 1 and read_current(run)["seq"] == 1
+    # the clean mark is gone before anything new can be published
+    assert cache.load_state(state)[1] is False
+    again._shutdown()
 
 
 def test_same_seq_kept_when_run_dir_matches_the_cache(tmp_path):

@@ -23,6 +23,15 @@ def rig(tmp_path):
     r.stop()
 
 
+def cached_seq(rig, seq):
+    """The cached Record once the cache holds ``seq`` (it is written right after publishing)."""
+    try:
+        cached = cache.load(rig.state_dir)
+    except cache.CacheError:
+        return None
+    return cached if cached is not None and cached.seq == seq else None
+
+
 def connected_rig(rig):
     rig.start()
     rig.host.connect()
@@ -38,7 +47,7 @@ def test_first_snapshot_is_published_cached_and_hooked(rig):
         assert f.read() == b"hv1.example"
     with open(os.path.join(rig.run_dir, "env")) as f:
         assert "HOSTKV_HOST_HOSTNAME='hv1.example'\n" in f.read()
-    cached = cache.load(rig.state_dir)
+    cached = wait_for(lambda: cached_seq(rig, 1), what="the cache (written right after publishing)")
     assert cached.seq == 1 and cached.values == doc["values"]
     wait_for(lambda: hook_out.exists() and hook_out.read_text(), what="hook output")
     assert hook_out.read_text() == "1|host.hostname vm.role|1|hv1\n"
@@ -184,7 +193,7 @@ def test_corrupt_cache_is_ignored_with_a_warning(rig):
         f.write("{not json")
     doc = connected_rig(rig)
     assert doc["seq"] == 1
-    assert cache.load(rig.state_dir).seq == 1
+    wait_for(lambda: cached_seq(rig, 1), what="the cache rewritten")
 
 
 def test_watch_since_and_key_semantics(rig):

@@ -69,9 +69,13 @@ def test_layout_and_exact_bytes(tmp_path):
     name2 = pub.publish(rec.copy(connected=False, stale=True))
     assert name2 == "1.1"
     assert read_current(run)["connected"] is False
-    old_umask = os.umask(0o077)          # a strict umask must not hide the values from users
+    # a strict umask (the agent's own, sampled when the Publisher is made: the agent never
+    # changes it) must not hide the values from users
+    old_umask = os.umask(0o077)
     try:
-        pub.publish(make_record(2))
+        strict = Publisher(run)
+        strict.prepare()
+        strict.publish(make_record(2))
     finally:
         os.umask(old_umask)
     for rel in ("current/", "current/keys", "current/keys/host.hostname", "current/values.json",

@@ -1,8 +1,15 @@
 """The persistent cache /var/lib/hostkv/snapshot.json: the last data and its seq.
 
-Written atomically (temporary file, fsync, rename, fsync of the directory) *before* each
-publication, so the persisted ``seq`` is never behind the published one and the agent's
-change counter never goes backwards across restarts or reboots.
+Written atomically (temporary file, fsync, rename, fsync of the directory) right *after*
+each publication and before the next snapshot is looked at, so that the fsync is not on
+the path from a snapshot to its watchers, and at most ONE publication (seq = cached seq
++ 1) can be ahead of the cache when the agent dies or the guest loses power.  The agent
+(daemon.Agent.start) therefore restores a cache after an unclean stop under a seq that
+skips that possibly lost one, and the agent's change counter never goes backwards nor
+names two different data across restarts or reboots.
+
+``clean``: written true by an agent that stopped cleanly (nothing can be ahead of the
+cache then), and cleared again by the next agent before it publishes anything new.
 """
 
 import errno
@@ -28,13 +35,21 @@ def load(state_dir):
 
     Raises CacheError if the file exists but is unreadable or invalid.
     """
+    return load_state(state_dir)[0]
+
+
+def load_state(state_dir):
+    """Return ``(record, clean)``: :func:`load` plus the cache's ``clean`` flag.
+
+    ``(None, False)`` if there is no cache; raises CacheError like :func:`load`.
+    """
     path = cache_path(state_dir)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except (IOError, OSError) as err:
         if err.errno == errno.ENOENT:
-            return None
+            return None, False
         raise CacheError("cannot read %s: %s" % (path, err.strerror))
     try:
         doc = json.loads(data.decode("utf-8"))
@@ -46,11 +61,14 @@ def load(state_dir):
         record = Record.from_json(doc)
     except ValueError as err:
         raise CacheError("%s: %s" % (path, err))
-    return record.copy(stale=True, connected=False)
+    return record.copy(stale=True, connected=False), doc.get("clean") is True
 
 
-def save(state_dir, record):
-    """Atomically replace the cache with ``record``'s data.  Raises OSError on failure."""
+def save(state_dir, record, clean=False):
+    """Atomically and durably replace the cache with ``record``'s data.  Raises OSError.
+
+    ``clean=True`` only from an agent that stops and publishes nothing more.
+    """
     try:
         os.makedirs(state_dir, 0o755)
     except OSError as err:
@@ -60,6 +78,8 @@ def save(state_dir, record):
     doc = {"format": CACHE_FORMAT, "seq": record.seq, "host_id": record.host_id,
            "generation": record.generation, "received_at": record.received_at,
            "values": record.values}
+    if clean:
+        doc["clean"] = True
     data = (json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
     tmp = "%s.tmp.%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)

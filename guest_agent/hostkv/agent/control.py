@@ -32,7 +32,8 @@ def error_reply(code, message, **extra):
 
 
 class ControlClient(object):
-    """One connected client.  ``reply(obj)`` queues the answer to its current request."""
+    """One connected client.  ``reply(obj)`` answers its current request: the reply is sent
+    at once as far as the socket takes it without blocking; the rest waits for POLLOUT."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -50,6 +51,19 @@ class ControlClient(object):
             return
         self.outbuf += encode_reply(obj)
         self.busy = False
+        self.try_send()
+
+    def try_send(self):
+        """Send what the socket takes now; never blocks, never raises (a broken client is
+        noticed and dropped by the poll loop)."""
+        while self.outbuf:
+            try:
+                n = self.sock.send(self.outbuf)
+            except (OSError, socket.error):
+                return
+            if not n:
+                return
+            self.outbuf = self.outbuf[n:]
 
 
 class ControlServer(object):
@@ -103,6 +117,12 @@ class ControlServer(object):
 
     def flush_all(self):
         for client in list(self.clients.values()):
+            self._flush(client)
+
+    def flush(self, client):
+        """Send ``client``'s replies and go on with its pipelined requests (after an
+        asynchronous reply: watch, live get)."""
+        if not client.closed:
             self._flush(client)
 
     def poll_fds(self):

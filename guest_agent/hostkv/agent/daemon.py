@@ -107,11 +107,24 @@ class Agent(object):
     # ------------------------------------------------------------ life cycle
 
     def start(self):
-        """Restore the cache, publish it as stale, open the control socket and hooks thread."""
+        """Restore the cache, publish it as stale, open the control socket and hooks thread.
+
+        The seq rules (the cache is written right after each publication, so at most one
+        publication can be ahead of it, see cache.py):
+          * the run dir is ahead of the cache (agent killed between a publication and its
+            cache write; no reboot): adopt what is published, under its own seq;
+          * the run dir has the cache's seq but other data: the cache's data under a new seq;
+          * no run dir (a reboot) and the cache was not written by a clean stop: the seq
+            after the cached one may have been published and lost, so the cached data is
+            restored under cached seq + 2 (one seq skipped, none reused for other data);
+          * otherwise the cache's seq is kept.
+        Whatever is restored is written back to the cache (without ``clean``) before anything
+        new can be published.
+        """
         self.publisher.prepare()
-        cached = None
+        cached, clean = None, False
         try:
-            cached = cache.load(self.cfg.state_dir)
+            cached, clean = cache.load_state(self.cfg.state_dir)
         except cache.CacheError as err:
             self.log.warning("ignoring the cache: %s", err)
         published = None
@@ -119,26 +132,26 @@ class Agent(object):
             published = Record.from_json(read_current(self.cfg.run_dir))
         except (NoData, ValueError):
             pass
-        floor = max(cached.seq if cached else 0, published.seq if published else 0)
-        record = cached or published
+        record, source, save = None, None, False
+        if published is not None and (cached is None or published.seq > cached.seq):
+            record, source, save = published, "the run dir", True
+        elif cached is not None:
+            record, source, save = cached, "the cache", clean
+            if published is not None and published.seq == cached.seq and not published.same_data(cached):
+                record, save = cached.copy(seq=cached.seq + 1), True   # never reuse a seq for other data
+            elif published is None and not clean:
+                record, save = cached.copy(seq=cached.seq + 2), True   # cached.seq + 1 may have been lost
         if record is not None:
             record = record.copy(stale=True, connected=False)
-            if cached is not None and (cached.seq < floor or (
-                    published is not None and published.seq == cached.seq
-                    and not published.same_data(cached))):
-                # what is published is newer or different: never reuse a seq for other data
-                record.seq = floor + 1
-                self._save_cache(record)
-            elif cached is None:
+            if save:
                 self._save_cache(record)
             self.seq = record.seq
             self.record = record
             self.log.info("restored seq %d (host %r, %d keys) from %s; published as stale",
-                          record.seq, record.host_id, len(record.values),
-                          "the cache" if cached else "the run dir")
+                          record.seq, record.host_id, len(record.values), source)
             self._publish()
         else:
-            self.seq = floor
+            self.seq = 0
             self.log.info("no cached data; waiting for the host")
         self.history = History(self.seq, self.record.values if self.record else {})
         self.control.open()
@@ -192,6 +205,8 @@ class Agent(object):
             self.record = self.record.copy(connected=False, stale=True)
             self._publish()
         self.control.flush_all()
+        if self.record is not None:
+            self._save_cache(self.record, clean=True)      # nothing is ahead of it: see start()
         self.control.close()
         self.hooks.stop()
         if self.port is not None:
@@ -473,8 +488,15 @@ class Agent(object):
     # ------------------------------------------------------------ data
 
     def _on_snapshot(self, snap):
+        """Publish a snapshot, answer the watchers, then persist it (in that order).
+
+        The cache is written after the watchers are answered (its fsync is the slowest step)
+        but before this returns, i.e. before the next snapshot is processed: at most one
+        publication is ever ahead of the cache (start() relies on it).  Hooks come last.
+        """
         self.stats["snapshots"] += 1
         now = self.wall()
+        t0 = self.clock()
         prev = self.record
         if prev is None or not prev.same_data(snap):
             old_values = prev.values if prev is not None else {}
@@ -483,40 +505,47 @@ class Agent(object):
             self.seq += 1
             record = Record(self.seq, snap.host_id, snap.generation, dict(snap.values), now,
                             False, self.connected)
-            self._save_cache(record)          # first: the persisted seq is never behind
             self.record = record
             self.history.add(self.seq, record.values)
-            self._publish()
-            self.log.info("seq %d: host %r generation %d, %d keys, changed: %s%s", self.seq,
-                          snap.host_id, snap.generation, len(snap.values),
-                          " ".join(changed[:20]) or "-", " ..." if len(changed) > 20 else "")
-            if host_changed and prev is not None:
-                self.log.info("host changed from %r to %r", prev.host_id, snap.host_id)
+            self._publish(cleanup=False)
+            self._check_watchers()
+            t1 = self.clock()
+            self._save_cache(record)
+            t2 = self.clock()
+            self.publisher.cleanup()
             self.hooks.submit(self.seq, changed, host_changed, snap.host_id, "change")
             self._confirmed = True
-            self._check_watchers()
+            self.log.info("seq %d: host %r generation %d, %d keys, changed: %s%s "
+                          "(published and watchers answered in %.1f ms, cached in %.1f ms)", self.seq,
+                          snap.host_id, snap.generation, len(snap.values),
+                          " ".join(changed[:20]) or "-", " ..." if len(changed) > 20 else "",
+                          (t1 - t0) * 1000, (t2 - t1) * 1000)
+            if host_changed and prev is not None:
+                self.log.info("host changed from %r to %r", prev.host_id, snap.host_id)
         else:
             gen_changed = prev.generation != snap.generation
             self.record = prev.copy(generation=snap.generation, received_at=now, stale=False,
                                     connected=self.connected)
+            self._publish()
             if gen_changed:
                 self._save_cache(self.record)
-            self._publish()
             if not self._confirmed:      # first confirmation of the cached data: hooks run once
                 self._confirmed = True
                 self.hooks.submit(self.seq, [], False, snap.host_id, "start")
 
-    def _save_cache(self, record):
+    def _save_cache(self, record, clean=False):
         try:
-            cache.save(self.cfg.state_dir, record)
+            cache.save(self.cfg.state_dir, record, clean=clean)
         except OSError as err:
             self.log.error("cannot write the cache in %s: %s", self.cfg.state_dir, err)
 
-    def _publish(self):
+    def _publish(self, cleanup=True):
+        """Publish ``self.record``; ``cleanup=False`` leaves old snapshot dirs for
+        ``publisher.cleanup()`` (off the path to the watchers)."""
         if self.record is None:
             return
         try:
-            self.publisher.publish(self.record)
+            self.publisher.publish(self.record, cleanup=cleanup)
         except (OSError, protocol.ProtocolError) as err:
             self.log.error("cannot publish seq %d in %s: %s; retrying in 5 s",
                            self.record.seq, self.cfg.run_dir, err)
@@ -613,6 +642,7 @@ class Agent(object):
             g.client.reply(error_reply(code[:40], str(frame.get("message"))[:200], rtt=rtt))
         else:
             g.client.reply(error_reply("bad-reply", "unexpected reply from the host"))
+        self.control.flush(g.client)
 
     def _fail_live(self, items, code, message):
         for g in items:
@@ -659,9 +689,9 @@ class Agent(object):
         ready = [w for w in self.watchers if self._watch_ready(w)]
         for w in ready:
             self.watchers.remove(w)
-            w.client.reply(self._watch_reply(w))
-        if ready:
-            self.control.flush_all()
+            w.client.reply(self._watch_reply(w))      # sent at once (see ControlClient.reply)
+        for w in ready:
+            self.control.flush(w.client)              # pipelined requests of these clients
 
     def _client_closed(self, client):
         self.watchers = [w for w in self.watchers if w.client is not client]

@@ -79,10 +79,11 @@ def _unlink_quiet(path):
             raise
 
 
-def _write_new(path, data, mode=0o644):
+def _write_new(path, data, mode=0o644, chmod=True):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
-        os.fchmod(fd, mode)          # world-readable whatever the umask: any user may read values
+        if chmod:
+            os.fchmod(fd, mode)      # world-readable whatever the umask: any user may read values
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -94,8 +95,13 @@ def _write_new(path, data, mode=0o644):
 def _symlink_atomic(target, path):
     """Make ``path`` a symlink to ``target`` by renaming a temporary symlink over it."""
     tmp = os.path.join(os.path.dirname(path), "%s%s.%d" % (_TMP_PREFIX, os.path.basename(path), os.getpid()))
-    _unlink_quiet(tmp)
-    os.symlink(target, tmp)
+    try:
+        os.symlink(target, tmp)
+    except OSError as err:
+        if err.errno != errno.EEXIST:
+            raise
+        _unlink_quiet(tmp)           # left by a killed agent with our pid
+        os.symlink(target, tmp)
     try:
         os.rename(tmp, path)
     except OSError as err:
@@ -115,6 +121,12 @@ class Publisher(object):
     def __init__(self, run_dir):
         self.run_dir = run_dir
         self.snap_dir = os.path.join(run_dir, SNAPSHOTS)
+        self._keep = None            # what the pending cleanup() keeps (None: nothing pending)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        # made by us: readable by all (an admin may narrow it); no chmod needed if the umask
+        # takes nothing away from 0755 / 0644 (it cannot change later: nothing in the agent sets it)
+        self._chmod = bool(umask & 0o755)
 
     def prepare(self):
         """Create the run dir and remove leftovers of killed publications."""
@@ -136,25 +148,54 @@ class Publisher(object):
             return None
         return os.path.basename(target.rstrip("/"))
 
-    def publish(self, record):
-        """Publish ``record``; returns the snapshot dir name.  Raises OSError on I/O failure."""
+    def publish(self, record, cleanup=True):
+        """Publish ``record``; returns the snapshot dir name.  Raises OSError on I/O failure.
+
+        ``cleanup=False``: leave the removal of older snapshot dirs to :meth:`cleanup` (so a
+        caller can answer its readers first); the next publish cleans up in any case.
+        """
         values = protocol.validate_values(record.values)   # keys become file names: re-check
         previous = self.current_name()
         name, path = self._fresh_dir(record.seq)
         try:
+            chmod = self._chmod
             keys_dir = os.path.join(path, "keys")
             os.mkdir(keys_dir, 0o755)
-            os.chmod(keys_dir, 0o755)
+            if chmod:
+                os.chmod(keys_dir, 0o755)
             for key in sorted(values):
-                _write_new(os.path.join(keys_dir, key), values[key].encode("utf-8"))
-            _write_new(os.path.join(path, "env"), envfile.render_env(values, record.seq).encode("utf-8"))
-            doc = json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True, indent=1)
-            _write_new(os.path.join(path, "values.json"), (doc + "\n").encode("utf-8"))
+                _write_new(os.path.join(keys_dir, key), values[key].encode("utf-8"), chmod=chmod)
+            _write_new(os.path.join(path, "env"), envfile.render_env(values, record.seq).encode("utf-8"),
+                       chmod=chmod)
+            # no indent: the C encoder (the pure-Python one costs ~20 ms under TCG after a migration)
+            doc = json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True)
+            _write_new(os.path.join(path, "values.json"), (doc + "\n").encode("utf-8"), chmod=chmod)
         except BaseException:
             rmtree(path)
             raise
-        # the stable links first (dangling until the very first switch), so that once
-        # ``current`` exists every documented path resolves
+        if previous is None:
+            # the stable links before the very first switch (dangling until then), so that
+            # once ``current`` exists every documented path resolves; later they are only
+            # checked (and repaired if someone removed one) by cleanup(), after the switch
+            self._ensure_links()
+        _symlink_atomic(os.path.join(SNAPSHOTS, name), os.path.join(self.run_dir, CURRENT))
+        keep = set([name])
+        if previous:
+            keep.add(previous)
+        self._keep = keep
+        if cleanup:
+            self.cleanup()
+        return name
+
+    def cleanup(self):
+        """The deferred part of :meth:`publish`: check the stable links, remove every
+        snapshot dir but the current and previous one, and temporary links."""
+        if self._keep is not None:
+            self._ensure_links()
+            self._cleanup(self._keep)
+            self._keep = None
+
+    def _ensure_links(self):
         for link, target in STABLE_LINKS:
             full = os.path.join(self.run_dir, link)
             try:
@@ -163,12 +204,6 @@ class Publisher(object):
             except OSError:
                 pass
             _symlink_atomic(target, full)
-        _symlink_atomic(os.path.join(SNAPSHOTS, name), os.path.join(self.run_dir, CURRENT))
-        keep = set([name])
-        if previous:
-            keep.add(previous)
-        self._cleanup(keep)
-        return name
 
     def _fresh_dir(self, seq):
         for k in range(0, 100000):
@@ -176,7 +211,8 @@ class Publisher(object):
             path = os.path.join(self.snap_dir, name)
             try:
                 os.mkdir(path, 0o755)
-                os.chmod(path, 0o755)
+                if self._chmod:
+                    os.chmod(path, 0o755)
                 return name, path
             except OSError as err:
                 if err.errno != errno.EEXIST:
