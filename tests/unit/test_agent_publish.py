@@ -81,7 +81,7 @@ def test_layout_and_exact_bytes(tmp_path):
     for rel in ("current/", "current/keys", "current/keys/host.hostname", "current/values.json",
                 "current/env"):
         assert os.stat(os.path.join(run, rel)).st_mode & 0o777 in (0o755, 0o644), rel
-    pub.publish(make_record(3))
+    strict.publish(make_record(3))
     assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3"]
     assert check_tree(run) == 3
 

@@ -499,9 +499,6 @@ class Agent(object):
         t0 = self.clock()
         prev = self.record
         if prev is None or not prev.same_data(snap):
-            old_values = prev.values if prev is not None else {}
-            changed = changed_keys(old_values, snap.values)
-            host_changed = prev is None or prev.host_id != snap.host_id
             self.seq += 1
             record = Record(self.seq, snap.host_id, snap.generation, dict(snap.values), now,
                             False, self.connected)
@@ -513,6 +510,8 @@ class Agent(object):
             self._save_cache(record)
             t2 = self.clock()
             self.publisher.cleanup()
+            changed = changed_keys(prev.values if prev is not None else {}, record.values)
+            host_changed = prev is None or prev.host_id != snap.host_id
             self.hooks.submit(self.seq, changed, host_changed, snap.host_id, "change")
             self._confirmed = True
             self.log.info("seq %d: host %r generation %d, %d keys, changed: %s%s "

@@ -23,11 +23,22 @@ _NAME_SUB = re.compile(r"[.\-]")
 _SAFE_KEY = re.compile(r"\A[A-Za-z0-9._-]+\Z")
 
 
+_NAMES = {}                      # key -> env_name(key): the same few keys come again and again
+_MAX_NAMES = 4096
+
+
 def env_name(key):
     """The shell variable name for ``key`` (``host.fqdn`` -> ``HOSTKV_HOST_FQDN``)."""
+    name = _NAMES.get(key)
+    if name is not None:
+        return name
     if not _SAFE_KEY.match(key):
         raise ValueError("key %r cannot be turned into a shell variable name" % key)
-    return "HOSTKV_" + _NAME_SUB.sub("_", key.upper())
+    name = "HOSTKV_" + _NAME_SUB.sub("_", key.upper())
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    _NAMES[key] = name
+    return name
 
 
 def shell_quote(value):
