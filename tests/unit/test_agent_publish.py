@@ -5,6 +5,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -82,8 +83,17 @@ def test_layout_and_exact_bytes(tmp_path):
                 "current/env"):
         assert os.stat(os.path.join(run, rel)).st_mode & 0o777 in (0o755, 0o644), rel
     strict.publish(make_record(3))
-    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3"]
-    assert check_tree(run) == 3
+    # current, previous, and the empty dir made ahead for the next seq (never current while empty)
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3", "4"]
+    assert os.listdir(os.path.join(run, "snapshots", "4")) == ["keys"]
+    assert os.listdir(os.path.join(run, "snapshots", "4", "keys")) == []
+    assert stat.S_IMODE(os.stat(os.path.join(run, "snapshots", "4", "keys")).st_mode) == 0o755
+    strict.publish(make_record(3).copy(stale=True))       # same seq again: the spare stays unused
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["3", "3.1", "4"]
+    strict.publish(make_record(4))                         # written into the spare
+    assert os.readlink(os.path.join(run, "current")) == "snapshots/4"
+    assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["3.1", "4", "5"]
+    assert check_tree(run) == 4
 
 
 def test_leftovers_of_a_killed_publication_are_cleaned(tmp_path):
@@ -91,7 +101,10 @@ def test_leftovers_of_a_killed_publication_are_cleaned(tmp_path):
     pub = Publisher(run)
     pub.prepare()
     pub.publish(make_record(5))
-    os.makedirs(os.path.join(run, "snapshots", "6", "keys"))       # half-written next snapshot
+    keys6 = os.path.join(run, "snapshots", "6", "keys")
+    os.makedirs(keys6, exist_ok=True)                                # half-written next snapshot
+    with open(os.path.join(keys6, "host.hostname"), "w") as f:       # (in the spare made ahead)
+        f.write("hv")
     os.symlink("snapshots/6", os.path.join(run, ".tmp-current.999"))
     Publisher(run).prepare()
     assert os.listdir(os.path.join(run, "snapshots")) == ["5"]
@@ -116,6 +129,13 @@ while True:
     if warmup == 0:
         sys.stdout.write("ready\n"); sys.stdout.flush()
 """
+
+
+def _written_in(path):
+    try:
+        return len(os.listdir(path)) > 1 or bool(os.listdir(os.path.join(path, "keys")))
+    except OSError:
+        return True
 
 
 def test_kill_9_at_random_points_never_leaves_a_partial_snapshot(tmp_path):
@@ -144,7 +164,9 @@ def test_kill_9_at_random_points_never_leaves_a_partial_snapshot(tmp_path):
         names = os.listdir(os.path.join(run, "snapshots"))
         # leftovers never pile up: at most current, previous and one half-written dir
         assert len(names) <= 3
-        mid_publication += any(int(n.split(".")[0]) > seq for n in names)
+        # (a dir ahead of current with something written in it; the empty spare does not count)
+        mid_publication += any(int(n.split(".")[0]) > seq and _written_in(os.path.join(run, "snapshots", n))
+                               for n in names)
         Publisher(run).prepare()           # what the next agent start does: leftovers go
         assert all(int(n.split(".")[0]) <= seq for n in os.listdir(os.path.join(run, "snapshots")))
     assert seqs == sorted(seqs)

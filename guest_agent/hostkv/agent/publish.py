@@ -127,7 +127,10 @@ class Publisher(object):
         self.run_dir = run_dir
         self.snap_dir = os.path.join(run_dir, SNAPSHOTS)
         self._keep = None            # what the pending cleanup() keeps (None: nothing pending)
+        self._next_seq = None
         self._current = _UNKNOWN     # the name ``current`` points to, as this publisher left it
+        self._spare = None           # (seq, name, path): an empty snapshot dir (with keys/) made
+                                     # ahead by cleanup() for the next seq, off the readers' path
         umask = os.umask(0o022)
         os.umask(umask)
         # made by us: readable by all (an admin may narrow it); no chmod needed if the umask
@@ -165,13 +168,18 @@ class Publisher(object):
         # the run dir is this agent's alone: after prepare() ``current`` is known without a
         # readlink (one system call less on the path to the readers)
         previous = self.current_name() if self._current is _UNKNOWN else self._current
-        name, path = self._fresh_dir(record.seq)
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0] == record.seq and os.path.isdir(os.path.join(spare[2], "keys")):
+            name, path = spare[1], spare[2]
+        else:                        # an unused spare goes in the next cleanup()
+            name, path = self._fresh_dir(record.seq)
         try:
             chmod = self._chmod
             keys_dir = os.path.join(path, "keys")
-            os.mkdir(keys_dir, 0o755)
-            if chmod:
-                os.chmod(keys_dir, 0o755)
+            if spare is None or name != spare[1]:
+                os.mkdir(keys_dir, 0o755)
+                if chmod:
+                    os.chmod(keys_dir, 0o755)
             for key in sorted(values):
                 _write_new(os.path.join(keys_dir, key), values[key].encode("utf-8"), chmod=chmod)
             _write_new(os.path.join(path, "env"), envfile.render_env(values, record.seq).encode("utf-8"),
@@ -194,17 +202,32 @@ class Publisher(object):
         if previous:
             keep.add(previous)
         self._keep = keep
+        self._next_seq = record.seq + 1
         if cleanup:
             self.cleanup()
         return name
 
     def cleanup(self):
         """The deferred part of :meth:`publish`: check the stable links, remove every
-        snapshot dir but the current and previous one, and temporary links."""
-        if self._keep is not None:
-            self._ensure_links()
-            self._cleanup(self._keep)
-            self._keep = None
+        snapshot dir but the current and previous one, and temporary links; then make the
+        empty dir the next seq will be written into (never ``current`` before it is full)."""
+        if self._keep is None:
+            return
+        self._ensure_links()
+        self._cleanup(self._keep)
+        self._keep = None
+        try:
+            name, path = self._fresh_dir(self._next_seq)
+            try:
+                os.mkdir(os.path.join(path, "keys"), 0o755)
+                if self._chmod:
+                    os.chmod(os.path.join(path, "keys"), 0o755)
+            except BaseException:
+                rmtree(path)
+                raise
+        except OSError:
+            return                   # only an optimisation: publish() makes its own dir
+        self._spare = (self._next_seq, name, path)
 
     def _ensure_links(self):
         for link, target in STABLE_LINKS:
