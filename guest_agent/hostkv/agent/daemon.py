@@ -14,6 +14,7 @@ Every blocking wait is a poll() with a timeout computed from the timers above.
 """
 
 import errno
+import gc
 import os
 import select
 import signal
@@ -96,6 +97,7 @@ class Agent(object):
         self._hold_until = None      # hold the outbox until then (backoff after bad input)
         self._confirmed = False      # the host has confirmed the data since this agent started
         self._stop = False
+        self._fed_at = None          # when the last input from the port was read (for the log)
         self._resync_requested = False
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -178,6 +180,8 @@ class Agent(object):
             signal.set_wakeup_fd(self._wake_w)
         try:
             self.start()
+            if hasattr(gc, "freeze"):        # 3.7+: start-up objects are never scanned again
+                gc.freeze()
             self.log.info("hostkv-agent %s running; port %s, publishing to %s",
                           VERSION, self.cfg.device or self.cfg.port_name, self.cfg.run_dir)
             while not self._stop:
@@ -409,7 +413,7 @@ class Agent(object):
             self._port_gone(err)
 
     def _feed(self, data):
-        now = self.clock()
+        now = self._fed_at = self.clock()
         discarded = False
         latest = None          # of several snapshots read at once only the last one matters
         for event in self.session.receive(data):
@@ -515,10 +519,11 @@ class Agent(object):
             self.hooks.submit(self.seq, changed, host_changed, snap.host_id, "change")
             self._confirmed = True
             self.log.info("seq %d: host %r generation %d, %d keys, changed: %s%s "
-                          "(published and watchers answered in %.1f ms, cached in %.1f ms)", self.seq,
+                          "(parsed in %.1f ms, published and watchers answered in %.1f ms, "
+                          "cached in %.1f ms)", self.seq,
                           snap.host_id, snap.generation, len(snap.values),
                           " ".join(changed[:20]) or "-", " ..." if len(changed) > 20 else "",
-                          (t1 - t0) * 1000, (t2 - t1) * 1000)
+                          (t0 - (self._fed_at or t0)) * 1000, (t1 - t0) * 1000, (t2 - t1) * 1000)
             if host_changed and prev is not None:
                 self.log.info("host changed from %r to %r", prev.host_id, snap.host_id)
         else:
