@@ -97,6 +97,8 @@ class Agent(object):
         self._hold_until = None      # hold the outbox until then (backoff after bad input)
         self._confirmed = False      # the host has confirmed the data since this agent started
         self._stop = False
+        self._poller = None          # see _poll_set()
+        self._polled = {}
         self._fed_at = None          # when the last input from the port was read (for the log)
         self._resync_requested = False
         self._wake_r, self._wake_w = os.pipe()
@@ -227,14 +229,14 @@ class Agent(object):
     def _iterate(self):
         now = self.clock()
         self._timers(now)
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        wanted = {self._wake_r: select.POLLIN}
         for fd, events in self.control.poll_fds():
-            poller.register(fd, events)
+            wanted[fd] = events
         port_fd = None
         if self.port is not None and self.connected:
             port_fd = self.port.fileno()
-            poller.register(port_fd, select.POLLIN | (select.POLLOUT if self.outbox else 0))
+            wanted[port_fd] = select.POLLIN | (select.POLLOUT if self.outbox else 0)
+        poller = self._poll_set(wanted)
         timeout = max(0.0, min(self._next_deadline(now) - self.clock(), MAX_WAIT))
         try:
             events = poller.poll(int(timeout * 1000) + (1 if timeout > 0 else 0))
@@ -253,6 +255,20 @@ class Agent(object):
                 self._on_port_event(revents)
             elif self.control.owns(fd):
                 self.control.on_event(fd, revents)
+
+    def _poll_set(self, wanted):
+        """One poll object for the agent's life, changed only where ``wanted`` ({fd: events})
+        differs from the last iteration (an idle wake-up re-registers nothing)."""
+        if self._poller is None:
+            self._poller, self._polled = select.poll(), {}
+        for fd in [fd for fd in self._polled if fd not in wanted]:
+            self._poller.unregister(fd)
+            del self._polled[fd]
+        for fd, events in wanted.items():
+            if self._polled.get(fd) != events:
+                self._poller.register(fd, events)       # register() also modifies
+                self._polled[fd] = events
+        return self._poller
 
     def _next_deadline(self, now):
         deadlines = [now + MAX_WAIT]
