@@ -364,6 +364,10 @@ mount --rbind /dev {m}/dev
 mount -t proc proc {m}/proc
 mount -t tmpfs tmpfs {m}/run
 mount -t tmpfs tmpfs {m}/tmp
+# the venv's site-packages through an overlay of its own: visible even when the checkout (and so
+# the venv) lives under /tmp, and writes into it stay in the overlay
+mkdir -p {m}{site} {su} {sw}
+mount -t overlay overlay -o lowerdir={site},upperdir={su},workdir={sw} {m}{site}
 echo {site} > {m}/usr/lib/python3/dist-packages/zz-hostkv-test-venv.pth
 mkdir -p {m}/etc/cobbler {m}/var/lib/cobbler/snippets {m}/var/lib/cobbler/templates
 printf 'autoinstall_snippets_dir: /var/lib/cobbler/snippets\\nautoinstall_templates_dir: /var/lib/cobbler/templates\\n' > {m}/etc/cobbler/settings.yaml
@@ -376,7 +380,7 @@ chroot {m} /usr/sbin/hostkv-cobbler install
 {s_upgraded}
 {rpm} -e hostkv-host hostkv-cobbler
 {s_erased}
-""".format(u=upper, w=work, m=merged, site=site, rpm=rpm, h1=built.host, c1=built.cobbler,
+""".format(u=upper, w=work, m=merged, site=site, su=tmp_path / "site-upper", sw=tmp_path / "site-work", rpm=rpm, h1=built.host, c1=built.cobbler,
            h2=built_r2.host, c2=built_r2.cobbler, s_installed=state("installed"),
            s_hooked=state("hooked"), s_upgraded=state("upgraded"), s_erased=state("erased"))
     proc = unshare_sh(script, timeout=240)
