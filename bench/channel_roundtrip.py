@@ -90,7 +90,10 @@ print(json.dumps({'raw': t}))
 
 
 class MetadataHandler(http.server.BaseHTTPRequestHandler):
+    """The baseline at its best: keep-alive, and each response leaves in ONE write (headers and
+    body separately trip Nagle/delayed-ACK in the user-mode TCP path: ~40 ms per request)."""
     protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024          # buffered; handle_one_request() flushes once per response
 
     def do_GET(self):
         body = HOSTNAME.encode() if self.path == "/host.hostname" else b""
