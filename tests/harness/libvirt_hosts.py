@@ -173,14 +173,25 @@ class LibvirtHost(object):
         # the owner-remembering xattrs would make the second daemon refuse (as on shared storage).
         _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"', "remember_owner": "0"})
 
+    # What a subclass may change about the namespace (tests/koan adds a network namespace):
+    NAMESPACES = ("-m", "-u")          # unshare/nsenter flags: mount + UTS
+
+    def _keeper_script(self):
+        """The shell script that sets the namespace up and prints "ready"."""
+        return _KEEPER_SCRIPT
+
+    def _keeper_env(self):
+        return None
+
     def start(self, timeout=60):
         """Create the namespace, start virtlogd + libvirtd; return once the API answers."""
         self._prepare_dirs()
         self.keeper = subprocess.Popen(
-            ["unshare", "-m", "-u", "--propagation", "private", "--", "/bin/sh", "-c", _KEEPER_SCRIPT,
-             "keeper", self.basedir, self.hostname],
+            ["unshare"] + list(self.NAMESPACES) + ["--propagation", "private", "--", "/bin/sh", "-c",
+                                                   self._keeper_script(), "keeper", self.basedir,
+                                                   self.hostname],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, env=self._keeper_env())
         line = self.keeper.stdout.readline()
         if line.strip() != b"ready":
             err = self.keeper.stderr.read() if self.keeper.poll() is not None else b""
@@ -342,7 +353,7 @@ class LibvirtHost(object):
     def ns_prefix(self):
         if self.keeper is None or self.keeper.poll() is not None:
             raise HarnessError("host %s is not running" % self.name)
-        return ["nsenter", "-t", str(self.keeper.pid), "-m", "-u", "--"]
+        return ["nsenter", "-t", str(self.keeper.pid)] + list(self.NAMESPACES) + ["--"]
 
     def run_in_ns(self, argv, timeout=60, **kwargs):
         """subprocess.run ``argv`` inside the namespace (hostname and libvirt paths of this host)."""

@@ -21,8 +21,7 @@ import os
 import subprocess
 
 from tests.harness import accel
-from tests.harness.libvirt_hosts import (_KEEPER_SCRIPT, HarnessError, LibvirtHost, _set_conf,
-                                         wait_for)
+from tests.harness.libvirt_hosts import HarnessError, LibvirtHost, _set_conf, wait_for
 
 BRIDGE = "hkvbr0"
 
@@ -40,40 +39,23 @@ echo ready""" % {"bridge": BRIDGE}
 class KoanLibvirtHost(LibvirtHost):
     """LibvirtHost in its own network namespace with the isolated bridge :data:`BRIDGE`."""
 
+    NAMESPACES = ("-m", "-u", "-n")     # + its own network namespace
+
     def _prepare_dirs(self):
         super(KoanLibvirtHost, self)._prepare_dirs()
         # libvirt's per-domain /dev namespace cannot "move" the file bind-mounted over /dev/kvm
         # ("Unable to move ... mount to /dev/kvm"); this host's guests do without it.
         _set_conf(os.path.join(self.basedir, "etc", "qemu.conf"), {"namespaces": "[]"})
 
-    def start(self, timeout=60):
-        if "echo ready" not in _KEEPER_SCRIPT:
+    def _keeper_script(self):
+        script = super(KoanLibvirtHost, self)._keeper_script()
+        if "echo ready" not in script:
             raise HarnessError("tests/harness/libvirt_hosts.py's keeper script changed; "
                                "update tests/koan/koan_host.py")
-        script = _KEEPER_SCRIPT.replace("echo ready", _NET_SETUP)
-        self._prepare_dirs()
-        env = dict(os.environ, HIDE_KVM="0" if accel.use_kvm() else "1")
-        self.keeper = subprocess.Popen(
-            ["unshare", "-m", "-u", "-n", "--propagation", "private", "--", "/bin/sh", "-c", script,
-             "keeper", self.basedir, self.hostname],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, env=env)
-        line = self.keeper.stdout.readline()
-        if line.strip() != b"ready":
-            err = self.keeper.stderr.read() if self.keeper.poll() is not None else b""
-            self.stop()
-            raise HarnessError("namespace for host %s did not come up: %r %r" % (self.name, line, err))
-        try:
-            self._start_daemons(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return script.replace("echo ready", _NET_SETUP)
 
-    def ns_prefix(self):
-        if self.keeper is None or self.keeper.poll() is not None:
-            raise HarnessError("host %s is not running" % self.name)
-        return ["nsenter", "-t", str(self.keeper.pid), "-m", "-u", "-n", "--"]
+    def _keeper_env(self):
+        return dict(os.environ, HIDE_KVM="0" if accel.use_kvm() else "1")
 
 
 class TcpForward(object):
