@@ -10,6 +10,7 @@ import random
 import threading
 import time
 
+from hostkv.hostkvctl import control_client
 from hostkv.hostkvd import config
 from tests.hardening.ports import PortSet
 from tests.harness.hostkvd_proc import HostkvdProcess
@@ -87,7 +88,7 @@ def test_config_never_half_written_under_kill9_during_host_set_storms(tmp_path):
                     try:
                         reply = d.control({"op": "host-set", "values": {
                             "host.counter": value, "host.big": big + value}}, timeout=2)
-                    except (OSError, ValueError):
+                    except (OSError, ValueError, control_client.DaemonUnreachable):
                         return
                     if reply.get("ok"):
                         acked.append(value)

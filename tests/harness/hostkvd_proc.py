@@ -10,16 +10,20 @@ command, e.g. ``["unshare", "--uts", "sh", "-c", "hostname hostA && exec \\"$0\\
 it its own host name.
 """
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYTHONPATH = os.pathsep.join(os.path.join(REPO, d) for d in ("protocol", "guest_agent", "host_service"))
+CODE_DIRS = [os.path.join(REPO, d) for d in ("protocol", "guest_agent", "host_service")]
+PYTHONPATH = os.pathsep.join(CODE_DIRS)
+for _d in CODE_DIRS:                   # also when imported by bench/ and scripts/, not only by pytest
+    if _d not in sys.path:
+        sys.path.append(_d)
+
+from hostkv.hostkvctl import control_client  # noqa: E402
 
 
 def uts_prefix(hostname):
@@ -91,20 +95,8 @@ class HostkvdProcess(object):
             raise AssertionError("hostkvd exited with %s; log:\n%s" % (self.proc.returncode, self.log()[-4000:]))
 
     def control(self, request, timeout=10):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(self.control_path)
-            s.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            return json.loads(data.decode())
-        finally:
-            s.close()
+        """One request on the control socket, through hostkvctl's own client."""
+        return control_client.request(self.control_path, request, timeout)
 
     def sighup(self):
         self.proc.send_signal(signal.SIGHUP)
