@@ -9,6 +9,7 @@ Errors are loud: a failing build raises RpmBuildError with rpmbuild's output.
 import collections
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,19 @@ RpmSet = collections.namedtuple("RpmSet", "agent host srpm")
 
 class RpmBuildError(RuntimeError):
     """rpmbuild (or rpm2cpio/cpio) failed; the message carries its output."""
+
+
+def copy_sources(dest):
+    """Copy what the RPMs are built from (PACKAGED_PATHS, without bytecode) into ``dest``, e.g. to
+    build another release from modified sources; returns ``dest`` as a Path."""
+    dest = Path(dest)
+    for name in PACKAGED_PATHS:
+        p = REPO / name
+        if p.is_dir():
+            shutil.copytree(str(p), str(dest / name), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(str(p), str(dest / name))
+    return dest
 
 
 def version(srcdir=REPO):

@@ -59,13 +59,7 @@ def built(rpm_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def built_r2(rpm_home, tmp_path_factory):
     """Release 2 from a copy of the sources whose sample kickstart gained a (Cheetah comment) line."""
-    src = tmp_path_factory.mktemp("src2")
-    for name in rpmh.PACKAGED_PATHS:
-        p = REPO / name
-        if p.is_dir():
-            shutil.copytree(str(p), str(src / name), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(str(p), str(src / name))
+    src = rpmh.copy_sources(tmp_path_factory.mktemp("src2"))
     ks = src / "kickstart_snippets" / "sample_hostkv.ks"
     ks.write_text(ks.read_text() + R2_MARKER)
     return build(tmp_path_factory.mktemp("dist2"), "2", srcdir=src)

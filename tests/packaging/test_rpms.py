@@ -47,14 +47,7 @@ def built_r2(rpm_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def built_r3(rpm_home, tmp_path_factory):
     """Release 3 from a copy of the sources whose shipped hostkvd.conf gained a line."""
-    src = tmp_path_factory.mktemp("src3")
-    for name in rpmh.PACKAGED_PATHS:
-        p = REPO / name
-        if p.is_dir():
-            shutil.copytree(str(p), str(src / name),
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(str(p), str(src / name))
+    src = rpmh.copy_sources(tmp_path_factory.mktemp("src3"))
     conf = src / "packaging" / "config" / "hostkvd.conf"
     conf.write_text(conf.read_text() + "# new default comment in release 3\n")
     return rpmh.build_rpms(tmp_path_factory.mktemp("dist3"), release="3", srcdir=src)
