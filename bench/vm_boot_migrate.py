@@ -44,6 +44,8 @@ print(' '.join('%.6f' % x for x in t))
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"       # keep-alive: one guestfwd connection for the loop
+    wbufsize = 64 * 1024                # one write per response (as in channel_roundtrip.py):
+                                        # headers and body apart trip Nagle/delayed ACK (~40 ms)
 
     def do_GET(self):
         body = b"benchhost.example.org"
