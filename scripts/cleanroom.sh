@@ -149,7 +149,7 @@ if [ -d "$src/.git" ]; then
     git -C "$src" fetch -q /root/.cleanroom/src.bundle HEAD && git -C "$src" reset -q --hard FETCH_HEAD \
         && git -C "$src" clean -q -fdx -e .venv || exit 2
 else
-    git clone -q /root/.cleanroom/src.bundle "$src" || exit 2
+    git -c advice.detachedHead=false clone -q /root/.cleanroom/src.bundle "$src" || exit 2
 fi
 echo "cleanroom: $src is at $(git -C "$src" log -1 --format="%h %s")"
 cd "$src"
