@@ -4,7 +4,7 @@
     root = agent_payload_root(dist_dir)    # or uses the hostkv-agent-*.noarch.rpm in dist_dir
 
 ``root`` is a directory laid out like the guest's / after installing the RPM (scriptlets not run):
-root/usr/sbin/hostkv-agent, root/usr/bin/hostkv, root/usr/lib/hostkv-agent/hostkv/{protocol.py,agent/},
+root/usr/sbin/hostkv-agent, root/usr/bin/hostkv, root/usr/lib/hostkv-agent/hostkv/{protocol.py,common/,agent/},
 root/usr/lib/systemd/system/hostkv-agent.service, root/usr/lib/udev/rules.d/90-hostkv-agent.rules,
 root/usr/lib/tmpfiles.d/hostkv-agent.conf, root/etc/hostkv/hooks.d/, root/var/lib/hostkv/.
 (/run/hostkv is a %ghost: not in the payload.)  The wrappers find their lib dir from their own path,

@@ -271,6 +271,7 @@ def checkout_agent_root(dest):
     """Lay the agent out under ``dest`` as installed, from this checkout; return ``dest``.
 
     usr/lib/hostkv-agent/hostkv/protocol.py  <- protocol/hostkv/protocol.py
+    usr/lib/hostkv-agent/hostkv/common/      <- protocol/hostkv/common/ (the shared rules)
     usr/lib/hostkv-agent/hostkv/agent/       <- guest_agent/hostkv/agent/ (if it exists yet)
     usr/bin/hostkv, usr/sbin/hostkv-agent    <- guest_agent/bin/<name>, else generated from
                                                 packaging/wrapper.py.in like the RPM does
@@ -279,6 +280,8 @@ def checkout_agent_root(dest):
     lib = os.path.join(dest, "usr", "lib", "hostkv-agent", "hostkv")
     os.makedirs(lib)
     shutil.copy2(os.path.join(REPO, "protocol", "hostkv", "protocol.py"), lib)
+    shutil.copytree(os.path.join(REPO, "protocol", "hostkv", "common"), os.path.join(lib, "common"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     agent_src = os.path.join(REPO, "guest_agent", "hostkv", "agent")
     has_agent = os.path.isfile(os.path.join(agent_src, "__init__.py")) or \
         os.path.isfile(os.path.join(agent_src, "__main__.py"))

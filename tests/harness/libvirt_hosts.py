@@ -34,9 +34,9 @@ import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.harness import PYTHONPATH, REPO
+
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
-PYTHONPATH = os.pathsep.join(os.path.join(REPO, s) for s in ("protocol", "guest_agent", "host_service"))
 
 # The namespace's private view: machine path -> sub dir of basedir.
 BIND_DIRS = (
@@ -519,7 +519,7 @@ class LibvirtGuest(object):
     def _exec_socket(self):
         """The exec socket from the live XML; the last one seen while libvirtd is down."""
         import libvirt
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         if getattr(self.host, "frozen", None) and getattr(self, "_last_exec", None):
             return self._last_exec     # libvirtd is hung: asking it would block
         try:
@@ -535,7 +535,7 @@ class LibvirtGuest(object):
         return self._last_exec
 
     def hostkv_socket(self):
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         return domain_xml.channel_socket_path(self.dom().XMLDesc(0), HOSTKV_PORT)[0]
 
     def wait_booted(self, timeout=90):
@@ -574,13 +574,9 @@ def start_guest(host, name, image, workdir, hostkv_channel=True, metadata_values
     ``image`` is a guest_image.GuestImage.  Does not wait for the boot (``guest.wait_booted()``).
     """
     from tests.harness import accel
-    from hostkv.hostkvd import domain_xml as dx
+    from hostkv.common import domain_xml as dx
     console_log = os.path.join(workdir, "%s.console.log" % name)
-    meta = ""
-    if metadata_values:
-        meta = dx.metadata_element(metadata_values).replace(
-            "<keys>", "<hostkv:keys xmlns:hostkv='%s'>" % dx.NS, 1).replace("<key ", "<hostkv:key ").replace(
-            "</key>", "</hostkv:key>").replace("</keys>", "</hostkv:keys>")
+    meta = dx.metadata_element(metadata_values, namespaced=True) if metadata_values else ""
     xml = domain_xml(name, kernel=image.kernel, initrd=image.initrd,
                      cmdline="console=ttyS0 quiet panic=-1 hostkv.hostname=%s %s" % (name, cmdline_extra),
                      console_log=console_log, hostkv_channel=hostkv_channel, exec_channel=exec_channel,

@@ -212,7 +212,7 @@ class KoanWorld(object):
         controller (which virt-install added) takes the hot-plugged port, and the guest's exec
         server finds it through sysfs."""
         import libvirt
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         c = self.conn()
         try:
             c.lookupByName(name).attachDeviceFlags(EXEC_CHANNEL_XML, libvirt.VIR_DOMAIN_AFFECT_LIVE)

@@ -30,7 +30,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 from hostkv import protocol
-from hostkv.hostkvd import domain_xml
+from hostkv.common import domain_xml
 
 log = logging.getLogger("hostkvd.libvirt")
 
