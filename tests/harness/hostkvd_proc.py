@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tests.harness import PYTHONPATH, REPO, use_checkout
+from tests.harness import PYTHONPATH, use_checkout
 
 use_checkout()                        # also when imported by bench/ and scripts/, not only by pytest
 

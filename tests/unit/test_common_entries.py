@@ -74,15 +74,9 @@ def test_bare_key_scoping_refuses(name, scope, code, words):
     assert err.value.code == code and words in str(err.value)
 
 
-def test_entries_count_scope_and_the_protocol_names():
-    entries.validate_entries({"vm.k%d" % i: "" for i in range(256)}, scope="vm")
-    with pytest.raises(entries.EntryError) as err:
-        entries.validate_entries({"vm.k%d" % i: "" for i in range(257)})
-    assert err.value.code == "too-many-keys"
-    with pytest.raises(entries.EntryError) as err:
-        entries.validate_entries({"host.a": "1"}, scope="vm")
-    assert err.value.code == "bad-scope"
-    # the protocol keeps its names and raises its own error type, with the same codes and words
+def test_the_protocol_delegates_to_the_rule():
+    """protocol.validate_* (tests/unit/test_protocol.py checks counts and scopes through them) keep
+    their names and raise ProtocolError, an EntryError with the same code and words."""
     assert (protocol.MAX_KEY_BYTES, protocol.MAX_VALUE_BYTES, protocol.MAX_KEYS) == (128, 4096, 256)
     with pytest.raises(protocol.ProtocolError) as perr:
         protocol.validate_value("vm.x", "a\x01b")
