@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import sys
+import types
 
 # Sources: the checkout (<repo>/cobbler_plugin/ = HERE, <repo>/kickstart_snippets/, <repo>/protocol/)
 # or the hostkv-cobbler RPM, which puts all of them under HERE = /usr/share/hostkv-cobbler/.
@@ -126,11 +127,14 @@ def _common_source():
 
 
 def _shared_module(name):
-    """hostkv/common/<name>.py loaded by path (a stand-alone module): no hostkv on sys.path."""
+    """hostkv/common/<name>.py loaded by path (a stand-alone module): no hostkv on sys.path, and no
+    bytecode written into the package's (RPM-owned) source dir."""
     path = os.path.join(_common_source(), name + ".py")
-    spec = importlib.util.spec_from_file_location("hostkv_cobbler_%s" % name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), path, "exec")
+    module = types.ModuleType("hostkv_cobbler_%s" % name)
+    module.__file__ = path
+    exec(code, module.__dict__)
     return module
 
 

@@ -94,6 +94,8 @@ def objects(hostkv_cobbler):
     ensure(s, "system", "hk-sys-on", "--profile=hk-off",
            "--autoinstall-meta=hostkv_enabled=Yes hostkv_vm_rack=r12 hostkv_gpgcheck=0")
     ensure(s, "system", "hk-sys-off", "--profile=hk-on", "--autoinstall-meta=hostkv_enabled=OFF")
+    ensure(s, "profile", "hk-y", "--distro=" + DISTRO, "--autoinstall=sample_hostkv.ks",
+           "--autoinstall-meta=hostkv_enabled=y")
     return s
 
 
@@ -106,14 +108,16 @@ def test_install_places_modules_and_snippets(hostkv_cobbler):
     for rel in ("sync_post_publish.py", "add_profile_pre_validate.py", "add_distro_pre_validate.py",
                 "add_system_pre_validate.py", "_lib/options.py", "_lib/publish.py"):
         assert os.path.isfile(s.path(os.path.join(modules, rel))), rel
-    with open(s.path(os.path.join(modules, "_lib", "protocol.py")), "rb") as f:
-        shipped = f.read()
-    with open(os.path.join(REPO, "protocol", "hostkv", "protocol.py"), "rb") as f:
-        assert shipped == f.read()
-    # cobblerd (no PYTHONPATH, like production) cannot import hostkv.protocol: it loaded the copy
+    common = os.path.join(REPO, "protocol", "hostkv", "common")
+    for name in sorted(n for n in os.listdir(common) if n.endswith(".py")):
+        with open(s.path(os.path.join(modules, "_lib", "common", name)), "rb") as f:
+            shipped = f.read()
+        with open(os.path.join(common, name), "rb") as f:
+            assert shipped == f.read(), name
+    assert not os.path.exists(s.path(os.path.join(modules, "_lib", "protocol.py")))
+    # cobblerd (no PYTHONPATH, like production) cannot import hostkv.common: it loaded the copy
     with open(s.path("/var/log/cobbler/cobbler.log")) as f:
-        assert "hostkv: protocol limits from %s" % os.path.join(modules, "_lib", "protocol.py") \
-            in f.read()
+        assert "hostkv: shared rules from %s" % os.path.join(modules, "_lib", "common") in f.read()
     assert os.path.isfile(s.path("/var/lib/cobbler/snippets/hostkv_agent"))
     assert os.path.isfile(s.path("/var/lib/cobbler/templates/sample_hostkv.ks"))
     # the machine's own venv is untouched: the module dir exists only inside the namespace
@@ -234,6 +238,15 @@ def test_profile_renders_with_and_without_hostkv(objects, tmp_path):
         bash_n(post_section(ks))
 
 
+def test_y_installs_the_agent_as_koan_adds_the_channel(objects, tmp_path):
+    """hostkv_enabled=y: the validator accepts it and the rendered kickstart installs the agent (koan
+    adds the channel for it too: tests/cobbler/test_cobbler_units.py::test_enabled_words_agree)."""
+    ks = render(objects, "profile", "hk-y")
+    assert hostkv_block(ks), ks
+    ksvalidate(ks, tmp_path, "y")
+    bash_n(post_section(ks))
+
+
 def test_system_values_override_the_profile(objects, tmp_path):
     s = objects
     on = render(s, "system", "hk-sys-on")      # profile off, system hostkv_enabled=Yes
@@ -273,13 +286,16 @@ def test_option_set_over_xmlrpc(objects, tmp_path):
 # ---------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("meta, message", [
-    ("hostkv_enabled=maybe", "hostkv_enabled=maybe: 'maybe' is not a boolean word"),
+    ("hostkv_enabled=maybe", "hostkv_enabled='maybe' is not a boolean word"),
     ("hostkv_vm_a/b=1", "hostkv_vm_a/b (hostkv key vm.a/b): key 'vm.a/b' must be"),
     ("hostkv_vm_big=" + "x" * 5000, "value of vm.big is 5000 bytes, the limit is 4096"),
     ("hostkv_enable=1", "hostkv_enable is not a hostkv option"),
     ("hostkv_vm_rack", "hostkv_vm_rack has no value"),
     ("hostkv_gpgkey=http://x/$(reboot)", "hostkv_gpgkey=http://x/$(reboot): not a URL"),
-], ids=["not-boolean", "bad-key", "value-too-large", "unknown-option", "no-value", "gpgkey-shell"])
+    ("hostkv_vm_motd=a\x01b", "value of vm.motd has U+0001 (a control character) at character 2"),
+    ("hostkv_vm_motd='  padded'", "Cobbler would hand this value to koan as 'padded', not as given"),
+], ids=["not-boolean", "bad-key", "value-too-large", "unknown-option", "no-value", "gpgkey-shell",
+        "control-char", "altered-on-the-way-to-koan"])
 def test_malformed_option_on_a_new_system_is_rejected(objects, meta, message):
     s = objects
     proc = s.cli(["system", "add", "--name=hk-bad", "--profile=hk-off",
