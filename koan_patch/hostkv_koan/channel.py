@@ -109,7 +109,7 @@ def finish(rec):
     if not plan.values:
         return
     if not uri.startswith(("qemu", "kvm")):
-        uri = "qemu:///system"       # imagecreate passes "import": virt-install's default
+        uri = paths.LIBVIRT_URI      # imagecreate passes "import": virt-install's default
     try:
         set_domain_keys(uri, name, plan.values)
     except Exception as err:  # noqa: BLE001 - reported as koan's one-line error

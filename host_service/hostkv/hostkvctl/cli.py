@@ -18,7 +18,7 @@ from hostkv.common import entries, paths
 from hostkv.hostkvctl import control_client, enable as enable_mod, libvirt_conn, vm_keys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_NO_LIBVIRT, EXIT_NOT_ROOT = 0, 1, 2, 3, 4, 5
-DEFAULT_URI = "qemu:///system"
+DEFAULT_URI = paths.LIBVIRT_URI
 
 
 class Failure(Exception):

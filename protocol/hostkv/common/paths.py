@@ -4,6 +4,7 @@ Every one of them can be overridden where it is used (command-line flags, enviro
 config); these are only the defaults, stated once.
 
   PORT_NAME               the virtio-serial port (libvirt channel target name) hostkv uses
+  LIBVIRT_URI             the libvirt connection hostkvd, hostkvctl and hostkv-koan use by default
   HOSTKVD_CONFIG          hostkvd's config file (hostkvctl edits it through hostkvd)
   HOSTKVD_CONTROL_SOCKET  hostkvd's root-only control socket (hostkvctl connects to it)
   AGENT_RUN_DIR           where the guest agent publishes values.json, keys/, env
@@ -16,6 +17,7 @@ config); these are only the defaults, stated once.
 import os
 
 PORT_NAME = "org.hostkv.0"
+LIBVIRT_URI = "qemu:///system"
 
 HOSTKVD_CONFIG = "/etc/hostkv/hostkvd.conf"
 HOSTKVD_CONTROL_SOCKET = "/run/hostkv/hostkvd.sock"
