@@ -79,11 +79,6 @@ def parse_bool(option, value):
     raise OptionError(bool_problem(option, value))
 
 
-def enabled(meta):
-    """Is ``hostkv_enabled`` true in the autoinstall_meta dict ``meta``?  (Unset: False.)"""
-    return parse_bool(ENABLED, meta.get(ENABLED)) if isinstance(meta, dict) else False
-
-
 # ---------------------------------------------------------------- per-guest keys
 
 def vm_key(option):
