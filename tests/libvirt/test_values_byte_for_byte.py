@@ -64,8 +64,8 @@ def test_every_allowed_value_survives_libvirt(defined, value):
 
 
 @pytest.mark.parametrize("value, char, position", [
-    ("a\x01b", "U+0001 (a control character)", 2), ("\x00", "U+0000 (a control character)", 1),
-    ("ok\x1b[0m", "U+001B (a control character)", 3), ("x\x0cy", "U+000C (a control character)", 2),
+    ("a\x01b", "U+0001 (a control character)", 2), ("ok\x1b[0m", "U+001B (a control character)", 3),
+    ("x\x0cy", "U+000C (a control character)", 2),      # (NUL cannot be on a command line at all)
 ])
 def test_hostkvctl_refuses_what_xml_cannot_hold_with_one_message(defined, value, char, position):
     host, dom = defined
