@@ -8,13 +8,15 @@ Works with any guest object that has ``exec(argv, timeout)`` and ``console_tail(
 (QemuGuest; libvirt guests).
 """
 import json
+import os
 
+from hostkv.common import paths
 from tests.harness.waiting import wait_for
 
 
 def guest_value(guest, key):
     """The value the guest's agent published for ``key`` (exact bytes as text), None if absent."""
-    rc, out, err = guest.exec(["cat", "/run/hostkv/keys/" + key], timeout=20)
+    rc, out, err = guest.exec(["cat", os.path.join(paths.AGENT_RUN_DIR, "keys", key)], timeout=20)
     return out if rc == 0 else None
 
 

@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 
+from hostkv.common import paths
 from tests.harness import PYTHONPATH, REPO
 from tests.harness.exec_client import ExecClient
 from tests.harness.waiting import wait_for as _wait_for
@@ -50,7 +51,7 @@ BIND_DIRS = (
     ("/etc/libvirt", "etc"),
 )
 
-HOSTKV_PORT = "org.hostkv.0"
+HOSTKV_PORT = paths.PORT_NAME
 TEST_EXEC_PORT = "org.hostkv.test.0"
 
 
@@ -478,13 +479,13 @@ class LibvirtGuest(object):
 
     def key(self, key):
         """The value the agent published for ``key`` (/run/hostkv/keys/KEY), or None if absent."""
-        reply = self.exec.run(cmd=["cat", "/run/hostkv/keys/" + key], timeout=10)
+        reply = self.exec.run(cmd=["cat", os.path.join(paths.AGENT_RUN_DIR, "keys", key)], timeout=10)
         return reply["stdout"] if reply["rc"] == 0 else None
 
     def published(self):
         """The agent's /run/hostkv/values.json (seq, host_id, generation, values, ...) or None."""
         import json
-        reply = self.exec.run(cmd=["cat", "/run/hostkv/values.json"], timeout=10)
+        reply = self.exec.run(cmd=["cat", os.path.join(paths.AGENT_RUN_DIR, "values.json")], timeout=10)
         return json.loads(reply["stdout"]) if reply["rc"] == 0 else None
 
     def wait_key(self, key, value, timeout=10.0, interval=0.05):

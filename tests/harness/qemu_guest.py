@@ -58,13 +58,14 @@ import subprocess
 import tempfile
 import time
 
+from hostkv.common import paths
 from tests.harness import accel
 from tests.harness.exec_client import ExecClient, exec_request
 from tests.harness.guest_image import build_guest_image
 from tests.harness.qmp import QmpConnection
 from tests.harness.state_disk import make_state_disk
 
-HOSTKV_PORT = "org.hostkv.0"
+HOSTKV_PORT = paths.PORT_NAME
 EXEC_PORT = "org.hostkv.test.0"
 QEMU = os.environ.get("HOSTKV_TEST_QEMU", "qemu-system-x86_64")
 _SUN_PATH_MAX = 107
