@@ -3,9 +3,9 @@
 One module per job (each states its contract at its top).  The checkout's source roots are
 declared here once: the ``hostkv`` namespace package is split over :data:`SOURCE_DIRS`.
 pytest puts them on ``sys.path`` (``pythonpath`` in pytest.ini names the same directories;
-tests/vm/test_harness_unit.py checks that they agree), subprocesses get :data:`PYTHONPATH`
-(tests/conftest.py exports it), and scripts run outside pytest (bench/, scripts/) call
-:func:`use_checkout` first.
+tests/vm/test_harness_unit.py checks that they agree), subprocesses get :data:`PYTHONPATH`.
+Importing this package calls :func:`use_checkout`, so scripts run outside pytest (bench/,
+scripts/: they put the repo root on sys.path and import tests.harness...) see the same code.
 """
 import os
 import sys
@@ -24,3 +24,6 @@ def use_checkout(environ=os.environ):
             sys.path.insert(1, path)
     rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in SOURCE_ROOTS]
     environ["PYTHONPATH"] = os.pathsep.join(list(SOURCE_ROOTS) + rest)
+
+
+use_checkout()

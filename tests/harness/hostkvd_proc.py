@@ -16,11 +16,8 @@ import subprocess
 import sys
 import time
 
-from tests.harness import PYTHONPATH, use_checkout
-
-use_checkout()                        # also when imported by bench/ and scripts/, not only by pytest
-
-from hostkv.hostkvctl import control_client  # noqa: E402
+from hostkv.hostkvctl import control_client
+from tests.harness import PYTHONPATH
 
 
 def uts_prefix(hostname):
