@@ -455,26 +455,25 @@ def test_build_script_refuses_bad_input(args, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_build_script_refuses_a_version_the_code_does_not_report(tmp_path):
-    """One version source: VERSION and hostkv.common.version must agree, or nothing is built."""
+def _build_with_version_file(tmp_path, text):
+    """build-rpms.sh on the checkout's sources with VERSION replaced by ``text``."""
     src = tmp_path / "src"
     src.mkdir()
     for name in rpmh.PACKAGED_PATHS[1:]:
         (src / name).symlink_to(REPO / name)
-    (src / "VERSION").write_text("9.9.9\n")
-    proc = run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
+    (src / "VERSION").write_text(text)
+    return run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
                check=False)
+
+
+def test_build_script_refuses_a_version_the_code_does_not_report(tmp_path):
+    """One version source: VERSION and hostkv.common.version must agree, or nothing is built."""
+    proc = _build_with_version_file(tmp_path, "9.9.9\n")
     assert proc.returncode != 0 and 'protocol/hostkv/common/version.py does not say VERSION = "9.9.9"' \
         in proc.stderr, proc.stderr
     assert not (tmp_path / "d").exists()
 
 
 def test_build_script_names_a_bad_version_file(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in rpmh.PACKAGED_PATHS[1:]:
-        (src / name).symlink_to(REPO / name)
-    (src / "VERSION").write_text("0.1.0-beta\n")
-    proc = run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
-               check=False)
+    proc = _build_with_version_file(tmp_path, "0.1.0-beta\n")
     assert proc.returncode != 0 and "VERSION: '0.1.0-beta' is not a version" in proc.stderr
