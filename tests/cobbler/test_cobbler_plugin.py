@@ -292,10 +292,11 @@ def test_option_set_over_xmlrpc(objects, tmp_path):
     ("hostkv_enable=1", "hostkv_enable is not a hostkv option"),
     ("hostkv_vm_rack", "hostkv_vm_rack has no value"),
     ("hostkv_gpgkey=http://x/$(reboot)", "hostkv_gpgkey=http://x/$(reboot): not a URL"),
-    ("hostkv_vm_motd=a\x01b", "value of vm.motd has U+0001 (a control character) at character 2"),
     ("hostkv_vm_motd='  padded'", "Cobbler would hand this value to koan as 'padded', not as given"),
 ], ids=["not-boolean", "bad-key", "value-too-large", "unknown-option", "no-value", "gpgkey-shell",
-        "control-char", "altered-on-the-way-to-koan"])
+        "altered-on-the-way-to-koan"])
+# (A control character never reaches the validator from the CLI: Cobbler's XML-RPC cannot carry it
+# either - "not well-formed (invalid token)".  check_meta refuses it: test_cobbler_units.py.)
 def test_malformed_option_on_a_new_system_is_rejected(objects, meta, message):
     s = objects
     proc = s.cli(["system", "add", "--name=hk-bad", "--profile=hk-off",
@@ -314,7 +315,7 @@ def test_malformed_edit_is_vetoed_and_nothing_changes(objects):
     before = s.xmlrpc.get_system("hk-sys-on")["autoinstall_meta"]
     proc = s.cli(["system", "edit", "--name=hk-sys-on", "--comment=changed",
                   "--autoinstall-meta=hostkv_enabled=perhaps"], check=False)
-    assert proc.returncode != 0 and "hostkv_enabled=perhaps" in proc.stdout, proc.stdout
+    assert proc.returncode != 0 and "hostkv_enabled='perhaps'" in proc.stdout, proc.stdout
     assert open(saved_path).read() == saved                         # on disk
     after = s.xmlrpc.get_system("hk-sys-on")
     assert after["autoinstall_meta"] == before and after["comment"] == ""   # and in cobblerd
@@ -332,7 +333,7 @@ def test_profile_and_distro_with_malformed_option_are_rejected(objects):
     proc = s.cli(["profile", "add", "--name=hk-badp", "--distro=" + DISTRO,
                   "--autoinstall-meta=hostkv_gpgcheck=2"], check=False)
     assert proc.returncode != 0
-    assert "hostkv: profile hk-badp rejected" in proc.stdout and "hostkv_gpgcheck=2" in proc.stdout
+    assert "hostkv: profile hk-badp rejected" in proc.stdout and "hostkv_gpgcheck='2'" in proc.stdout
     assert "hk-badp" not in s.xmlrpc.get_item_names("profile")
     proc = s.cli(["distro", "edit", "--name=" + DISTRO, "--in-place",
                   "--autoinstall-meta=hostkv_enabled=enabled"], check=False)
