@@ -195,7 +195,7 @@ def test_invalid_key_stops_before_anything_is_created(world):
     run = world.koan("bad1")
     try:
         assert run.rc == 1, run
-        assert "hostkv: autoinstall_meta hostkv_vm_r@le -> vm.r@le" in run.output, run
+        assert "hostkv: hostkv_vm_r@le (hostkv key vm.r@le)" in run.output, run     # the validator's words
         assert run.argv is None
         assert "qemu-img" not in run.output
         assert "bad1" not in world.domain_names()
