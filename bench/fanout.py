@@ -31,8 +31,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = [os.path.join(REPO, s) for s in ("protocol", "guest_agent", "host_service")]
-sys.path[:0] = PATHS
+sys.path.insert(0, REPO)
+from tests.harness import PYTHONPATH, use_checkout  # noqa: E402
+
+use_checkout()
 
 
 def raise_nofile(need):
@@ -160,7 +162,7 @@ def main():
     work = tempfile.mkdtemp(prefix="hostkv-fanout-")
     chan_dir = os.path.join(work, "channels")
     os.makedirs(chan_dir)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS))
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH)
     sim = hostkvd = None
     result = {"channels": n}
     try:

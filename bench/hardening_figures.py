@@ -21,8 +21,10 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO] + [os.path.join(REPO, d) for d in ("protocol", "guest_agent", "host_service")]
-os.environ["PYTHONPATH"] = os.pathsep.join(sys.path[1:4])
+sys.path.insert(0, REPO)
+from tests.harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 from tests.hardening.load import run_load  # noqa: E402
 

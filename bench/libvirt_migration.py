@@ -31,9 +31,10 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("", "protocol", "guest_agent", "host_service"):
-    sys.path.insert(0, os.path.join(REPO, sub))
-os.environ["PYTHONPATH"] = os.pathsep.join(os.path.join(REPO, s) for s in ("protocol", "guest_agent", "host_service"))
+sys.path.insert(0, REPO)
+from tests.harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 import libvirt  # noqa: E402
 

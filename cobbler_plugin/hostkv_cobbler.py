@@ -10,8 +10,8 @@ Run it with the Python that runs cobblerd (the wrapper ``bin/hostkv-cobbler`` pi
 
 * the trigger modules in ``<cobbler package>/modules/hostkv/`` (Cobbler loads modules only from its
   own package directory, located by importing ``cobbler``; ``--cobbler-dir`` overrides), with a
-  private copy of ``hostkv/protocol.py`` as ``modules/hostkv/_lib/protocol.py`` (used when
-  ``hostkv.protocol`` is not importable by cobblerd);
+  private copy of hostkv's shared rules, the package ``hostkv/common/``, as
+  ``modules/hostkv/_lib/common/`` (the validators check options with it);
 * the snippet ``hostkv_agent`` in ``autoinstall_snippets_dir`` and the sample template
   ``sample_hostkv.ks`` in ``autoinstall_templates_dir``, both read from Cobbler's settings
   (``/etc/cobbler/settings.yaml`` and its ``include`` files; ``--settings`` overrides);
@@ -20,9 +20,10 @@ Run it with the Python that runs cobblerd (the wrapper ``bin/hostkv-cobbler`` pi
   Python made inside directories it created) and ``status`` can tell intact/modified/missing.
 
 ``--root DIR`` prefixes every target path (settings file, Cobbler dirs, manifest), for packaging and
-tests; the manifest records paths without the prefix.  Files are written atomically (temp file +
-rename) and only when their content changed, so ``install`` is idempotent; files of an earlier
-install that are no longer shipped are removed.  cobblerd must be restarted to (un)load modules.
+tests; the manifest records paths without the prefix.  Files are written atomically and durably
+(``hostkv/common/atomic.py``) and only when their content changed, so ``install`` is idempotent;
+files of an earlier install that are no longer shipped are removed.  cobblerd must be restarted
+to (un)load modules.
 
 Exit status: 0 success (status: installed and intact), 1 error (status: modified or missing files),
 3 (status only) not installed.
@@ -35,7 +36,7 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
+import types
 
 # Sources: the checkout (<repo>/cobbler_plugin/ = HERE, <repo>/kickstart_snippets/, <repo>/protocol/)
 # or the hostkv-cobbler RPM, which puts all of them under HERE = /usr/share/hostkv-cobbler/.
@@ -45,10 +46,10 @@ MODULES_SRC = os.path.join(HERE, "modules", "hostkv")
 SNIPPETS_SRC = next((d for d in (os.path.join(HERE, "kickstart_snippets"),
                                  os.path.join(REPO, "kickstart_snippets")) if os.path.isdir(d)),
                     os.path.join(REPO, "kickstart_snippets"))
-PROTOCOL_SOURCES = (os.path.join(HERE, "protocol", "hostkv", "protocol.py"),
-                    os.path.join(REPO, "protocol", "hostkv", "protocol.py"),
-                    "/usr/lib/hostkv-host/hostkv/protocol.py",
-                    "/usr/lib/hostkv-agent/hostkv/protocol.py")
+COMMON_SOURCES = (os.path.join(HERE, "protocol", "hostkv", "common"),
+                  os.path.join(REPO, "protocol", "hostkv", "common"),
+                  "/usr/lib/hostkv-host/hostkv/common",
+                  "/usr/lib/hostkv-agent/hostkv/common")
 MANIFEST = "/var/lib/hostkv-cobbler/manifest.json"
 SETTINGS = "/etc/cobbler/settings.yaml"
 SNIPPET_NAME = "hostkv_agent"
@@ -117,11 +118,24 @@ def cobbler_package_dir():
     return os.path.dirname(spec.origin)
 
 
-def _protocol_source():
-    for path in PROTOCOL_SOURCES:
-        if os.path.isfile(path):
+def _common_source():
+    """The directory of hostkv's shared package (hostkv/common/) this installer ships."""
+    for path in COMMON_SOURCES:
+        if os.path.isfile(os.path.join(path, "__init__.py")):
             return path
-    raise InstallError("hostkv/protocol.py not found (looked in %s)" % ", ".join(PROTOCOL_SOURCES))
+    raise InstallError("hostkv/common/ not found (looked in %s)" % ", ".join(COMMON_SOURCES))
+
+
+def _shared_module(name):
+    """hostkv/common/<name>.py loaded by path (a stand-alone module): no hostkv on sys.path, and no
+    bytecode written into the package's (RPM-owned) source dir."""
+    path = os.path.join(_common_source(), name + ".py")
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), path, "exec")
+    module = types.ModuleType("hostkv_cobbler_%s" % name)
+    module.__file__ = path
+    exec(code, module.__dict__)
+    return module
 
 
 def plan(args):
@@ -139,7 +153,10 @@ def plan(args):
             if name.endswith(".py"):
                 src = os.path.join(dirpath, name)
                 files.append((src, os.path.join(modules_dst, os.path.relpath(src, MODULES_SRC))))
-    files.append((_protocol_source(), os.path.join(modules_dst, "_lib", "protocol.py")))
+    common = _common_source()
+    for name in sorted(os.listdir(common)):
+        if name.endswith(".py"):
+            files.append((os.path.join(common, name), os.path.join(modules_dst, "_lib", "common", name)))
     files.append((os.path.join(SNIPPETS_SRC, SNIPPET_NAME),
                   os.path.join(settings["autoinstall_snippets_dir"], SNIPPET_NAME)))
     files.append((os.path.join(SNIPPETS_SRC, TEMPLATE_NAME),
@@ -152,19 +169,6 @@ def plan(args):
 def _sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def _write_atomic(path, data, mode=0o644):
-    fd, tmp = tempfile.mkstemp(prefix=".hostkv-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _makedirs(path, created):
@@ -193,6 +197,7 @@ def load_manifest(root):
 
 
 def install(args):
+    atomic = _shared_module("atomic")
     old = load_manifest(args.root) or {"files": {}, "dirs": []}
     dirs = list(old["dirs"])
     files = {}
@@ -206,7 +211,7 @@ def install(args):
         dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
         digest = hashlib.sha256(data).hexdigest()
         if not (os.path.isfile(target) and _sha256(target) == digest):
-            _write_atomic(target, data)
+            atomic.write_atomic(target, data)
             changed += 1
         files[dst] = digest
     removed = 0
@@ -218,8 +223,8 @@ def install(args):
     created = []
     _makedirs(os.path.dirname(manifest_path), created)
     dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
-    _write_atomic(manifest_path, (json.dumps({"files": files, "dirs": dirs}, indent=1,
-                                             sort_keys=True) + "\n").encode("utf-8"))
+    atomic.write_atomic(manifest_path, (json.dumps({"files": files, "dirs": dirs}, indent=1,
+                                                   sort_keys=True) + "\n").encode("utf-8"))
     print("hostkv-cobbler: installed %d files (%d written, %d removed); manifest %s"
           % (len(files), changed, removed, manifest_path))
     print("hostkv-cobbler: %s" % RESTART_HINT)

@@ -35,8 +35,11 @@ command -v rpmbuild >/dev/null || die "rpmbuild not found (apt-get install rpm; 
 [ -f "$srcdir/VERSION" ] || die "$srcdir/VERSION is missing"
 version=$(tr -d '[:space:]' < "$srcdir/VERSION")
 [[ $version =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "$srcdir/VERSION: '$version' is not a version like 0.1.0"
+# The code reports hostkv.common.version.VERSION: it must be the version the packages get.
+grep -qx "VERSION = \"$version\"" "$srcdir/protocol/hostkv/common/version.py" 2>/dev/null \
+    || die "$srcdir/protocol/hostkv/common/version.py does not say VERSION = \"$version\" (as $srcdir/VERSION does); run: python3 protocol/hostkv/common/version.py --write"
 [[ $release =~ ^[0-9]+[A-Za-z0-9._]*$ ]] || die "--release '$release' is not a release like 1 or 2.el9"
-for d in protocol/hostkv guest_agent/hostkv/agent host_service/hostkv koan_patch/hostkv_koan \
+for d in protocol/hostkv protocol/hostkv/common guest_agent/hostkv/agent host_service/hostkv koan_patch/hostkv_koan \
          cobbler_plugin/modules/hostkv kickstart_snippets packaging; do
     [ -d "$srcdir/$d" ] || die "$srcdir/$d is missing"
 done

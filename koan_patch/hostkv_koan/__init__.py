@@ -15,7 +15,8 @@ right after koan's own modules are executed.  ``hostkv-koan uninstall`` removes 
 koan is exactly as shipped again.
 """
 
-VERSION = "0.1.0"
+# hostkv's version is hostkv.common.version.VERSION (installer.version()): this package is imported
+# at every interpreter start (from the .pth), where hostkv's libraries are not on sys.path yet.
 
 # koan versions whose internals the wrappers were written (and tested) against.
 SUPPORTED_KOAN_VERSIONS = ("3.0.1",)

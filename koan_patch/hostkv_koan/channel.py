@@ -9,7 +9,7 @@
     ``virt_net_install`` wrapper does it when they return): after virt-install has defined (and
     started) the domain, its per-guest keys are written into the domain metadata with libvirt
     setMetadata (config, and live if running), in the format hostkvd reads
-    (:func:`hostkv.hostkvd.domain_xml.metadata_element`); hostkvd picks the change up through
+    (:func:`hostkv.common.domain_xml.metadata_element`); hostkvd picks the change up through
     libvirt's metadata-change event.
 
 Errors are koan's ``InfoException`` so koan prints them as one line and exits 1.
@@ -18,9 +18,10 @@ Errors are koan's ``InfoException`` so koan prints them as one line and exits 1.
 import functools
 import inspect
 
+from hostkv.common import domain_xml, paths
 from hostkv_koan import meta
 
-PORT_NAME = "org.hostkv.0"
+PORT_NAME = paths.PORT_NAME
 CHANNEL_ARG = "unix,target_type=virtio,name=%s" % PORT_NAME
 
 
@@ -88,7 +89,6 @@ def wrap_build_commandline(orig):
 def set_domain_keys(uri, name, values):
     """Write ``values`` ({vm.key: value}) into domain ``name``'s hostkv metadata on ``uri``."""
     import libvirt
-    from hostkv.hostkvd import domain_xml
 
     fragment = domain_xml.metadata_element(values)
     conn = libvirt.open(uri)
@@ -109,7 +109,7 @@ def finish(rec):
     if not plan.values:
         return
     if not uri.startswith(("qemu", "kvm")):
-        uri = "qemu:///system"       # imagecreate passes "import": virt-install's default
+        uri = paths.LIBVIRT_URI      # imagecreate passes "import": virt-install's default
     try:
         set_domain_keys(uri, name, plan.values)
     except Exception as err:  # noqa: BLE001 - reported as koan's one-line error

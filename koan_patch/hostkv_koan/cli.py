@@ -10,14 +10,14 @@ import json
 import os
 import sys
 
-from hostkv_koan import DISABLE_ENV, VERSION, installer
+from hostkv_koan import DISABLE_ENV, installer
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="hostkv-koan", description=(
         "Teach koan the hostkv channel and per-guest keys, and fix koan 3.0.1 for Cobbler 3.3. "
         "Installs one file (hostkv_koan.pth) next to koan; nothing of koan is modified."))
-    p.add_argument("--version", action="version", version="hostkv-koan %s" % VERSION)
+    p.add_argument("--version", action="version", version="hostkv-koan %s" % installer.version())
     p.add_argument("--python", metavar="PATH",
                    help="act on the koan of this Python interpreter (default: the running one)")
     sub = p.add_subparsers(dest="command")
@@ -25,7 +25,7 @@ def _parser():
     inst.add_argument("--force", action="store_true",
                       help="install even on a koan version hostkv-koan was not written for")
     inst.add_argument("--lib", action="append", metavar="DIR",
-                      help="directory holding hostkv/protocol.py and hostkv/hostkvd/ "
+                      help="directory holding hostkv/common/ (hostkv's host libraries) "
                            "(repeatable; default: this checkout, else /usr/lib/hostkv-host)")
     sub.add_parser("uninstall", help="remove the extension (idempotent)")
     stat = sub.add_parser("status", help="installed or not, koan version, what is wrapped")
@@ -48,7 +48,7 @@ def _reexec(python, argv):
 
 
 def _print_status(st):
-    print("hostkv-koan %s: %s" % (VERSION, "installed" if st["installed"] else "not installed"))
+    print("hostkv-koan %s: %s" % (installer.version(), "installed" if st["installed"] else "not installed"))
     print("  file:  %s%s" % (st["pth"], "" if st["installed"] else " (absent)"))
     print("  koan:  %s at %s (%s)" % (st["koan_version"] or "unknown version", st["koan_dir"],
                                       "supported" if st["supported"] else "NOT a supported version"))

@@ -4,7 +4,11 @@ site-packages.  Nothing of koan is touched; uninstall removes that file and noth
 The ``.pth`` holds one ``import`` line (``site`` runs such lines at interpreter start): if the
 hostkv_koan code is still where it was installed from, it is put at the END of sys.path and
 :func:`hostkv_koan.hook.activate` registers the import hook; if the code is gone, the line does
-nothing (koan then runs stock).  Writes are atomic (temp file + rename): never a half-written file.
+nothing (koan then runs stock).  Writes are atomic and durable (hostkv.common.atomic): never a
+half-written file.
+
+hostkv's shared code (``hostkv/common/``: the option rule, domain XML, the version) comes from
+hostkv's host libraries (``lib_dirs``), the same ones the hook puts on koan's sys.path.
 """
 
 import glob
@@ -14,15 +18,16 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 
-from hostkv_koan import SUPPORTED_KOAN_VERSIONS, VERSION
+from hostkv_koan import SUPPORTED_KOAN_VERSIONS
 
 PTH_NAME = "hostkv_koan.pth"
 MARKER = "# hostkv-koan"
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # holds hostkv_koan/
-REQUIRED_LIB_FILES = (os.path.join("hostkv", "protocol.py"),
-                      os.path.join("hostkv", "hostkvd", "domain_xml.py"))
+# What koan's wrappers import from hostkv's host libraries: the shared package hostkv.common.
+REQUIRED_LIB_FILES = tuple(os.path.join("hostkv", "common", name) for name in (
+    "__init__.py", "entries.py", "options.py", "domain_xml.py", "paths.py", "version.py",
+    "atomic.py"))
 INSTALLED_LIB_DIR = "/usr/lib/hostkv-host"
 
 
@@ -71,7 +76,7 @@ def koan_version(site_dir):
 
 
 def default_lib_dirs():
-    """Where hostkv's host code (hostkv/protocol.py, hostkv/hostkvd/) lives: the checkout this
+    """Where hostkv's host code (hostkv/common/, hostkv/protocol.py, ...) lives: the checkout this
     code belongs to; else, for the RPM's <root>/usr/lib/hostkv-koan, its sibling
     <root>/usr/lib/hostkv-host (so an `rpm --root` tree uses its own copy); else /usr/lib/hostkv-host."""
     repo = os.path.dirname(CODE_DIR)
@@ -126,6 +131,25 @@ def unsafe_paths(paths):
     return problems
 
 
+def shared(lib_dirs=None):
+    """The ``hostkv.common`` package of ``lib_dirs`` (default :func:`default_lib_dirs`), importable
+    here: the dirs are appended to sys.path as the hook does in koan."""
+    for d in lib_dirs or default_lib_dirs():
+        if d not in sys.path:
+            sys.path.append(os.path.abspath(d))
+    import hostkv.common.atomic
+    import hostkv.common.version
+    return hostkv.common
+
+
+def version(lib_dirs=None):
+    """hostkv's version (hostkv.common.version), or "unknown" without the host libraries."""
+    try:
+        return shared(lib_dirs).version.VERSION
+    except ImportError:
+        return "unknown"
+
+
 def _code_files(code_dir, lib_dirs):
     files = sorted(glob.glob(os.path.join(code_dir, "hostkv_koan", "*.py")))
     for rel in REQUIRED_LIB_FILES:
@@ -138,13 +162,13 @@ def pth_path(koan):
 
 
 def pth_text(code_dir, lib_dirs, force=False):
-    """The exact content of hostkv_koan.pth."""
+    """The exact content of hostkv_koan.pth (its first line names hostkv's version)."""
     return ("%s %s: hostkv channel + Cobbler 3.3 fixes for koan %s. "
             "Remove with: hostkv-koan uninstall\n"
             "import os, sys; p = %r; os.path.isfile(os.path.join(p, 'hostkv_koan', 'hook.py')) and "
             "(p in sys.path or sys.path.append(p) or True) and "
             "__import__('hostkv_koan.hook').hook.activate(%r, force=%r)\n"
-            % (MARKER, VERSION, "/".join(SUPPORTED_KOAN_VERSIONS), code_dir, list(lib_dirs),
+            % (MARKER, version(lib_dirs), "/".join(SUPPORTED_KOAN_VERSIONS), code_dir, list(lib_dirs),
                bool(force)))
 
 
@@ -154,21 +178,6 @@ def _read(path):
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def _atomic_write(path, text, mode=0o644):
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def install(force=False, lib_dirs=None, koan=None):
@@ -196,7 +205,7 @@ def install(force=False, lib_dirs=None, koan=None):
         return "already installed: %s" % path
     if current is not None and not current.startswith(MARKER):
         raise InstallError("%s exists and was not written by hostkv-koan; not touching it" % path)
-    _atomic_write(path, text)
+    shared(lib_dirs).atomic.write_atomic(path, text)
     return "%s %s" % ("updated" if current is not None else "installed", path)
 
 

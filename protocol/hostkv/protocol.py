@@ -20,63 +20,54 @@ import json
 import os
 import re
 
-PROTOCOL_VERSIONS = (1,)          # versions this implementation speaks, oldest first
-DEFAULT_PORT_NAME = "org.hostkv.0"
+from hostkv.common import entries, paths
 
-MAX_KEY_BYTES = 128
-MAX_VALUE_BYTES = 4096
-MAX_KEYS = 256
+PROTOCOL_VERSIONS = (1,)          # versions this implementation speaks, oldest first
+DEFAULT_PORT_NAME = paths.PORT_NAME
+
+# The key/value rule is hostkv.common.entries' (shared with hostkvd's config, hostkvctl, koan and
+# the Cobbler validator); these names stay here for the protocol's users.
+MAX_KEY_BYTES = entries.MAX_KEY_BYTES
+MAX_VALUE_BYTES = entries.MAX_VALUE_BYTES
+MAX_KEYS = entries.MAX_KEYS
 MAX_SNAPSHOT_BYTES = 256 * 1024   # one encoded host -> guest frame, newline included
 MAX_GUEST_FRAME_BYTES = 4096      # one encoded guest -> host frame, newline included
 MAX_HOST_ID_BYTES = 128
 MAX_TOKEN_CHARS = 64
 
-SCOPES = ("host", "vm")
-_KEY_RE = re.compile(r"\A(?:host|vm)\.[A-Za-z0-9._-]+\Z")
+SCOPES = entries.SCOPES
 _TOKEN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,%d}\Z" % MAX_TOKEN_CHARS)
 
 GUEST_OPS = ("hello", "sync", "get", "ping")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(entries.EntryError):
     """A frame or value that breaks the contract.
 
     ``code`` is the machine-readable error code sent in ``error`` frames
     (e.g. ``frame-too-large``, ``bad-json``, ``bad-key``); ``str(err)`` is for humans.
+    An :class:`hostkv.common.entries.EntryError` (a ValueError), so one ``except`` catches both.
     """
-
-    def __init__(self, code, message):
-        ValueError.__init__(self, message)
-        self.code = code
 
 
 # ---------------------------------------------------------------- validation
 
+def _entry_rule(check, *args):
+    """Run a hostkv.common.entries check; its refusal becomes a ProtocolError with the same code."""
+    try:
+        return check(*args)
+    except entries.EntryError as err:
+        raise ProtocolError(err.code, str(err))
+
+
 def validate_key(key):
     """Return ``key`` if it is a valid hostkv key, else raise ProtocolError('bad-key')."""
-    if not isinstance(key, str):
-        raise ProtocolError("bad-key", "key must be a string, not %s" % type(key).__name__)
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise ProtocolError("bad-key", "key is longer than %d bytes" % MAX_KEY_BYTES)
-    if not _KEY_RE.match(key):
-        raise ProtocolError(
-            "bad-key",
-            "key %r must be 'host.' or 'vm.' followed by [A-Za-z0-9._-]" % key[:MAX_KEY_BYTES])
-    return key
+    return _entry_rule(entries.validate_key, key)
 
 
 def validate_value(key, value):
-    """Return ``value`` if it is a valid value (UTF-8 string <= 4096 bytes)."""
-    if not isinstance(value, str):
-        raise ProtocolError("bad-value", "value of %s must be a string" % key)
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ProtocolError("bad-value", "value of %s is not valid UTF-8" % key)
-    if size > MAX_VALUE_BYTES:
-        raise ProtocolError(
-            "value-too-large", "value of %s is %d bytes, the limit is %d" % (key, size, MAX_VALUE_BYTES))
-    return value
+    """Return ``value`` if it is a valid value (entries' rule: XML 1.0 text, <= 4096 UTF-8 bytes)."""
+    return _entry_rule(entries.validate_value, key, value)
 
 
 def validate_values(values, scope=None):
@@ -84,17 +75,7 @@ def validate_values(values, scope=None):
 
     Returns a new plain dict.  Raises ProtocolError on the first offending entry.
     """
-    if not isinstance(values, dict):
-        raise ProtocolError("bad-values", "values must be an object")
-    if len(values) > MAX_KEYS:
-        raise ProtocolError("too-many-keys", "%d keys, the limit is %d" % (len(values), MAX_KEYS))
-    out = {}
-    for key, value in values.items():
-        validate_key(key)
-        if scope is not None and not key.startswith(scope + "."):
-            raise ProtocolError("bad-scope", "key %s is not in scope %s.*" % (key, scope))
-        out[key] = validate_value(key, value)
-    return out
+    return _entry_rule(entries.validate_entries, values, scope)
 
 
 def validate_host_id(host_id):

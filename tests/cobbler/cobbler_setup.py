@@ -1,4 +1,5 @@
-"""Helpers of the Cobbler tests: `make rpms`, the installer, snapshots of its install targets."""
+"""Helpers of the Cobbler tests: `make rpms`, the installer, snapshots of its install targets, and
+rendering the hostkv_agent snippet with Cobbler's own Templar (in-process, no cobblerd)."""
 
 import hashlib
 import os
@@ -56,3 +57,31 @@ class Installed:
 
     def __getattr__(self, name):
         return getattr(self.server, name)
+
+
+SNIPPET = os.path.join(REPO, "kickstart_snippets", "hostkv_agent")
+
+
+class _TemplarApi:
+    """What cobbler.templar.Templar needs of an API: Cobbler's real default settings."""
+
+    def __init__(self):
+        from cobbler.settings import Settings
+        self._settings = Settings()
+
+    def settings(self):
+        return self._settings
+
+
+def render_snippet(meta, path=SNIPPET):
+    """The hostkv_agent snippet rendered by Cobbler 3.3's real Templar (Cheetah) with ``meta`` as
+    the blended autoinstall_meta (plus the variables Cobbler always sets)."""
+    from cobbler.templar import Templar
+    templar = Templar(_TemplarApi())
+    with open(path) as f:
+        text = f.read()
+    table = {"http_server": "192.0.2.1", "server": "192.0.2.1", "http_port": "80"}
+    table.update(meta)
+    out = templar.render(text, table, None)
+    assert not templar.last_errors, templar.last_errors
+    return out

@@ -12,29 +12,76 @@ import tokenize
 
 import pytest
 
+from hypothesis import given, settings, strategies as st
+
 from tests.harness.cobbler_server import PYTHON, REPO
 
 from cobbler_plugin.modules.hostkv._lib import config, options, publish  # noqa: E402
+from hostkv.common import options as rules  # noqa: E402
 
 INSTALLER = os.path.join(REPO, "cobbler_plugin", "hostkv_cobbler.py")
 
 
-# ---------------------------------------------------------------- options
+# ---------------------------------------------------------------- options (hostkv.common.options)
 
-@pytest.mark.parametrize("word", ["1", "true", "TRUE", "Yes", "on", " On ", True, 1])
-def test_true_words(word):
-    assert options.parse_bool(word) is True
-
-
-@pytest.mark.parametrize("word", ["0", "false", "No", "OFF", False, 0])
-def test_false_words(word):
-    assert options.parse_bool(word) is False
+ENABLED_TABLE = ["1", "0", "true", "false", "yes", "no", "on", "off", "y", "n", "", "garbage",
+                 "TRUE", " On ", "N", "2", "maybe"]
 
 
-@pytest.mark.parametrize("word", ["", "maybe", "2", "y", None, 2.0])
-def test_not_boolean(word):
-    with pytest.raises(ValueError):
-        options.parse_bool(word)
+def _koan(value):
+    """koan's verdict on hostkv_enabled=value as koan really gets it: Cobbler's own flattening."""
+    from cobbler.utils import dict_to_string
+    from hostkv_koan import meta
+    flat = dict_to_string({"hostkv_enabled": value, "hostkv_vm_role": "web"})
+    try:
+        return meta.plan_from_meta(flat).enabled
+    except meta.HostkvMetaError as err:
+        return str(err)
+
+
+def _validator(value):
+    """The Cobbler plugin's verdict: its trigger's check (no problem, or the problem)."""
+    problems = options.check_meta({"hostkv_enabled": value})
+    return problems[0] if problems else None
+
+
+def _snippet(value):
+    """The real Cobbler Templar rendering the hostkv_agent snippet: installs, or its comment."""
+    from tests.cobbler.cobbler_setup import render_snippet
+    out = render_snippet({"hostkv_enabled": value})
+    if "# hostkv-agent: begin" in out:
+        return True
+    comment = [line for line in out.splitlines() if line.startswith("# hostkv: ")]
+    assert len(comment) == 1, out
+    return comment[0]
+
+
+@pytest.mark.parametrize("value", ENABLED_TABLE)
+def test_enabled_words_agree(value):
+    """The snippet, koan's extension and the Cobbler validator read hostkv_enabled the same way:
+    all install/enable on a true word, none on a false word or empty, and all refuse garbage with
+    the one message (hostkv.common.options.bool_problem)."""
+    koan, validator, snippet = _koan(value), _validator(value), _snippet(value)
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on", "y"):
+        assert (koan, validator, snippet) == (True, None, True)
+    elif word in ("0", "false", "no", "off", "n", ""):
+        assert (koan, validator) == (False, None)
+        assert snippet.startswith("# hostkv: hostkv_enabled is not 1/true/yes/on/y for this"), snippet
+    else:
+        message = rules.bool_problem("hostkv_enabled", value)
+        assert "is not a boolean word" in message and repr(value) in message
+        assert koan == message and validator == message
+        assert snippet == "# hostkv: %s; hostkv-agent not installed" % message
+
+
+def test_snippet_refuses_a_garbage_gpgcheck_instead_of_switching_it_off():
+    from tests.cobbler.cobbler_setup import render_snippet
+    out = render_snippet({"hostkv_enabled": "1", "hostkv_gpgcheck": "ture"})
+    assert "# hostkv-agent: begin" not in out
+    assert "# hostkv: %s; hostkv-agent not installed" % rules.bool_problem("hostkv_gpgcheck", "ture") in out
+    assert options.check_meta({"hostkv_gpgcheck": "ture"}) == [rules.bool_problem("hostkv_gpgcheck", "ture")]
+    assert "hostkv_gpgcheck=1" in render_snippet({"hostkv_enabled": "y", "hostkv_gpgcheck": "Yes"})
 
 
 def test_check_meta_accepts_good_options_and_ignores_others():
@@ -48,13 +95,46 @@ def test_check_meta_names_every_problem():
     problems = options.check_meta({
         "hostkv_enabled": "maybe", "hostkv_vm_bad key": "1", "hostkv_vm_big": "é" * 2049,
         "hostkv_enable": "1", "hostkv_vm_dup": ["a", "b"], "hostkv_vm_none": None,
-        "hostkv_vm_" + "k" * 130: "v"})
+        "hostkv_vm_" + "k" * 130: "v", "hostkv_vm_ctl": "a\x01b"})
     text = "\n".join(problems)
-    assert len(problems) == 7, text
-    for needle in ("hostkv_enabled=maybe", "vm.bad key", "value of vm.big is 4098 bytes",
-                   "hostkv_enable is not a hostkv option", "hostkv_vm_dup is given 2 times",
-                   "hostkv_vm_none has no value", "longer than 128 bytes"):
+    assert len(problems) == 8, text
+    for needle in ("hostkv_enabled='maybe' is not a boolean word", "vm.bad key",
+                   "value of vm.big is 4098 bytes", "hostkv_enable is not a hostkv option",
+                   "hostkv_vm_dup is given 2 times", "hostkv_vm_none has no value",
+                   "longer than 128 bytes", "value of vm.ctl has U+0001 (a control character) at character 2"):
         assert needle in text
+
+
+@pytest.mark.parametrize("value", ["  padded", "tab\there", "two\nlines", "it's a value", "back\\slash",
+                                   "q'uote", 'd"q', "trailing "])
+def test_values_cobbler_would_alter_on_the_way_to_koan_are_refused(value):
+    from cobbler.utils import dict_to_string
+    from hostkv_koan import meta
+    problems = options.check_meta({"hostkv_vm_motd": value})
+    assert len(problems) == 1 and "Cobbler would hand this value to koan as" in problems[0], problems
+    try:      # the evidence: what koan really reads differs
+        seen = meta.parse_meta(dict_to_string({"hostkv_vm_motd": value})).get("hostkv_vm_motd")
+    except meta.HostkvMetaError:
+        seen = None
+    assert seen != value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_every_value_the_validator_accepts_reaches_koan_byte_for_byte(value):
+    """Property: Cobbler's real flattening + koan's reading give back exactly what the validator
+    accepted (and the validator's model of that transport agrees with the real one)."""
+    from cobbler.utils import dict_to_string
+    from hostkv_koan import meta
+    try:
+        real = meta.parse_meta(dict_to_string({"hostkv_vm_x": value})).get("hostkv_vm_x")
+    except meta.HostkvMetaError:
+        real = None
+    else:
+        real = "" if real is None else real
+    assert rules.koan_view(value) == real
+    if options.check_meta({"hostkv_vm_x": value}) == []:
+        assert real == value
 
 
 @pytest.mark.parametrize("url, ok", [
@@ -189,7 +269,8 @@ def test_installer_root_install_status_uninstall(tmp_path):
     assert (root / "srv/snippets/hostkv_agent").is_file()
     assert (root / "var/lib/cobbler/templates/sample_hostkv.ks").is_file()
     modules = root / cobbler_dir.lstrip("/") / "modules" / "hostkv"
-    assert (modules / "sync_post_publish.py").is_file() and (modules / "_lib/protocol.py").is_file()
+    assert (modules / "sync_post_publish.py").is_file() and (modules / "_lib/common/options.py").is_file()
+    assert not (modules / "_lib/protocol.py").exists()         # the validators need only the shared rules
     manifest = json.loads((root / "var/lib/hostkv-cobbler/manifest.json").read_text())
     assert "/srv/snippets/hostkv_agent" in manifest["files"]          # paths without --root
     assert all(not p.startswith(str(root)) for p in manifest["files"])

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.core.conftest import start_host
-from tests.harness.guest_reads import guest_status, guest_value, wait_for, wait_guest_value
+from tests.harness.guest_reads import guest_status, guest_value, wait_guest_value
+from tests.harness.waiting import wait_for
 from tests.harness.migration import make_destination, migrate
 from tests.harness.qemu_guest import QemuGuest
 

@@ -10,6 +10,7 @@ import random
 import threading
 import time
 
+from hostkv.common import atomic
 from hostkv.hostkvctl import control_client
 from hostkv.hostkvd import config
 from tests.hardening.ports import PortSet
@@ -38,7 +39,7 @@ def test_kill9_during_sighup_storm_then_every_guest_is_reserved_within_1s(tmp_pa
             pushed = 0
             for k in range(30):
                 value = "c%d-%d" % (cycle, k)
-                config.atomic_write(d.config_path, conf_text(value))
+                atomic.write_atomic(d.config_path, conf_text(value))
                 d.sighup()
                 if k == kill_at:
                     d.kill9()              # pushes to 20 guests are in flight right now
@@ -132,7 +133,7 @@ def test_malformed_config_on_sighup_is_refused_with_its_line_and_values_stay(tmp
         broken = conf_text("new") + "host.rack = r13\n"              # line 7 sets host.rack twice
         for bad, line in ((broken, 7), (conf_text("new").replace("[host]", "[hosts]"), 4),
                           (conf_text("new") + 'host.q = "unterminated\n', 7)):
-            config.atomic_write(d.config_path, bad)
+            atomic.write_atomic(d.config_path, bad)
             mark = d.log_size()
             d.sighup()
             d.wait_log("hostkvd.conf:%d:" % line, after=mark)
@@ -144,7 +145,7 @@ def test_malformed_config_on_sighup_is_refused_with_its_line_and_values_stay(tmp
             ports.ports[0].send({"op": "get", "id": 1, "key": "host.storm"})
             reply = ports.ports[0].frame(timeout=5)
             assert reply["value"] == "good" and reply["generation"] == first["generation"]
-        config.atomic_write(d.config_path, conf_text("fixed"))
+        atomic.write_atomic(d.config_path, conf_text("fixed"))
         d.sighup()
         assert ports.ports[0].frame_where(lambda f: f["op"] == "snapshot")["values"]["host.storm"] == "fixed"
     finally:

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from hostkv.hostkvd import domain_xml as dx
+from hostkv.common import domain_xml as dx
 from hostkv.hostkvctl import enable as en
 from tests.harness import libvirt_hosts as lh
 from tests.harness.guest_image import build_guest_image

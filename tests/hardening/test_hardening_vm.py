@@ -16,7 +16,8 @@ import time
 import pytest
 
 from tests.harness.guest_image import build_guest_image
-from tests.harness.guest_reads import guest_status, guest_value, wait_for
+from tests.harness.guest_reads import guest_status, guest_value
+from tests.harness.waiting import wait_for
 from tests.harness.hostkvd_proc import HostkvdProcess, uts_prefix
 from tests.harness.migration import MigrationPair
 from tests.harness.qemu_guest import QemuGuest

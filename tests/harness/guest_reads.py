@@ -1,30 +1,22 @@
 """Reading what the agent published in a test guest, and waiting for it.
 
     wait_for(lambda: guest_value(g, "host.hostname") == "host-a", 30, "host-a in the guest")
+                                       # (tests.harness.waiting.wait_for)
     rc, doc = guest_status(g)          # `hostkv status --json` in the guest
 
 Works with any guest object that has ``exec(argv, timeout)`` and ``console_tail()``
 (QemuGuest; libvirt guests).
 """
 import json
-import time
+import os
 
-
-def wait_for(pred, timeout, what="condition", interval=0.05):
-    """Poll ``pred`` until it returns a truthy value (returned); AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
+from hostkv.common import paths
+from tests.harness.waiting import wait_for
 
 
 def guest_value(guest, key):
     """The value the guest's agent published for ``key`` (exact bytes as text), None if absent."""
-    rc, out, err = guest.exec(["cat", "/run/hostkv/keys/" + key], timeout=20)
+    rc, out, err = guest.exec(["cat", os.path.join(paths.AGENT_RUN_DIR, "keys", key)], timeout=20)
     return out if rc == 0 else None
 
 

@@ -16,14 +16,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CODE_DIRS = [os.path.join(REPO, d) for d in ("protocol", "guest_agent", "host_service")]
-PYTHONPATH = os.pathsep.join(CODE_DIRS)
-for _d in CODE_DIRS:                   # also when imported by bench/ and scripts/, not only by pytest
-    if _d not in sys.path:
-        sys.path.append(_d)
-
-from hostkv.hostkvctl import control_client  # noqa: E402
+from hostkv.hostkvctl import control_client
+from tests.harness import PYTHONPATH
 
 
 def uts_prefix(hostname):

@@ -18,7 +18,8 @@ Contract:
   * ``host.restart_libvirtd()`` stops libvirtd (QEMU guests keep running) and starts it again;
     ``host.freeze_libvirtd()`` / ``thaw_libvirtd()`` SIGSTOP/SIGCONT it (a hung daemon).
   * ``start_guest(host, name, image, workdir)`` -> :class:`LibvirtGuest` (``wait_booted()``,
-    ``key(k)``, ``wait_key(k, v)``, ``exec.run(sh=...)``; ``guest.host`` = where it runs now);
+    ``key(k)``, ``wait_key(k, v)``, ``exec.run(sh=...)`` - exec_client.ExecClient, one
+    connection per command; ``guest.host`` = where it runs now);
     ``domain_xml(...)``: direct kernel boot, console to a file (append='on'), the hostkv channel
     and the test exec channel.
   * ``migrate(dom, dst_conn)`` live-migrates over tcp://127.0.0.1.
@@ -35,11 +36,12 @@ import tempfile
 import time
 import uuid
 
-from tests.harness import etc_hosts
+from hostkv.common import paths
+from tests.harness import PYTHONPATH, REPO, etc_hosts
+from tests.harness.exec_client import ExecClient
+from tests.harness.waiting import wait_for as _wait_for
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
-PYTHONPATH = os.pathsep.join(os.path.join(REPO, s) for s in ("protocol", "guest_agent", "host_service"))
 
 # The namespace's private view: machine path -> sub dir of basedir.
 BIND_DIRS = (
@@ -50,7 +52,7 @@ BIND_DIRS = (
     ("/etc/libvirt", "etc"),
 )
 
-HOSTKV_PORT = "org.hostkv.0"
+HOSTKV_PORT = paths.PORT_NAME
 TEST_EXEC_PORT = "org.hostkv.test.0"
 
 
@@ -67,20 +69,8 @@ def _tail(path, n=30):
 
 
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
-    """Poll ``predicate`` until it returns a true value (returned) or raise HarnessError."""
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise HarnessError("timed out after %.1fs waiting for %s%s"
-                               % (timeout, what, " (last error: %r)" % last_exc if last_exc else ""))
-        time.sleep(interval)
+    """tests.harness.waiting.wait_for for the harness: raises HarnessError, errors mean "not yet"."""
+    return _wait_for(predicate, timeout, what, interval, error=HarnessError, retry=(Exception,))
 
 
 def _set_conf(path, settings):
@@ -444,66 +434,6 @@ def migrate(dom, dst_conn, timeout=120):
     return dom.migrate(dst_conn, flags, None, "tcp://127.0.0.1", 0)
 
 
-class GuestExec(object):
-    """Client of the test guest's exec server (port org.hostkv.test.0, see guest_init/exec_server.py).
-
-    ``sock_path`` is a callable returning the exec channel's socket path as reachable from here (it
-    changes on every start/restore/migration, so it is looked up per command).  One connection per
-    command; ``run(sh=...)`` / ``run(cmd=[...])`` return the reply dict (rc, stdout, stderr).
-    """
-
-    def __init__(self, sock_path):
-        self._sock_path = sock_path
-        self._next = 0
-
-    def run(self, sh=None, cmd=None, timeout=30.0, check=False, stdin=None):
-        import json
-        import socket
-        self._next += 1
-        req = {"id": self._next, "timeout": timeout}
-        if stdin is not None:
-            req["stdin"] = stdin
-        if sh is not None:
-            req["sh"] = sh
-        else:
-            req["cmd"] = list(cmd)
-        deadline = time.monotonic() + timeout + 10
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(max(1.0, deadline - time.monotonic()))
-        try:
-            sock.connect(self._sock_path())
-            sock.sendall(b"\n" + json.dumps(req).encode() + b"\n")
-            buf = b""
-            while True:
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    try:
-                        reply = json.loads(line.decode("utf-8", "replace"))
-                    except ValueError:
-                        continue
-                    if reply.get("id") == req["id"]:
-                        if "error" in reply:
-                            raise HarnessError("guest exec error: %s" % reply["error"])
-                        if check and reply.get("rc") != 0:
-                            raise HarnessError("guest command %r failed: %r" % (sh or cmd, reply))
-                        return reply
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise HarnessError("guest exec channel closed before the reply")
-                buf += chunk
-        finally:
-            sock.close()
-
-    def ping(self, timeout=5.0):
-        """True if the exec server answers within ``timeout``."""
-        try:
-            return self.run(cmd=["true"], timeout=timeout)["rc"] == 0
-        except (OSError, HarnessError):
-            return False
-
-
 class LibvirtGuest(object):
     """A test guest on a LibvirtHost that can move (migration): ``host`` is where it runs now.
 
@@ -515,7 +445,7 @@ class LibvirtGuest(object):
         self.host = host
         self.name = name
         self.console_log = console_log
-        self.exec = GuestExec(self._exec_socket)
+        self.exec = ExecClient(self._exec_socket, reconnect_each=True, error=HarnessError)
 
     def dom(self, conn=None):
         conn = conn or self.host.conn
@@ -524,7 +454,7 @@ class LibvirtGuest(object):
     def _exec_socket(self):
         """The exec socket from the live XML; the last one seen while libvirtd is down."""
         import libvirt
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         if getattr(self.host, "frozen", None) and getattr(self, "_last_exec", None):
             return self._last_exec     # libvirtd is hung: asking it would block
         try:
@@ -540,7 +470,7 @@ class LibvirtGuest(object):
         return self._last_exec
 
     def hostkv_socket(self):
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         return domain_xml.channel_socket_path(self.dom().XMLDesc(0), HOSTKV_PORT)[0]
 
     def wait_booted(self, timeout=90):
@@ -552,13 +482,13 @@ class LibvirtGuest(object):
 
     def key(self, key):
         """The value the agent published for ``key`` (/run/hostkv/keys/KEY), or None if absent."""
-        reply = self.exec.run(cmd=["cat", "/run/hostkv/keys/" + key], timeout=10)
+        reply = self.exec.run(cmd=["cat", os.path.join(paths.AGENT_RUN_DIR, "keys", key)], timeout=10)
         return reply["stdout"] if reply["rc"] == 0 else None
 
     def published(self):
         """The agent's /run/hostkv/values.json (seq, host_id, generation, values, ...) or None."""
         import json
-        reply = self.exec.run(cmd=["cat", "/run/hostkv/values.json"], timeout=10)
+        reply = self.exec.run(cmd=["cat", os.path.join(paths.AGENT_RUN_DIR, "values.json")], timeout=10)
         return json.loads(reply["stdout"]) if reply["rc"] == 0 else None
 
     def wait_key(self, key, value, timeout=10.0, interval=0.05):
@@ -579,13 +509,9 @@ def start_guest(host, name, image, workdir, hostkv_channel=True, metadata_values
     ``image`` is a guest_image.GuestImage.  Does not wait for the boot (``guest.wait_booted()``).
     """
     from tests.harness import accel
-    from hostkv.hostkvd import domain_xml as dx
+    from hostkv.common import domain_xml as dx
     console_log = os.path.join(workdir, "%s.console.log" % name)
-    meta = ""
-    if metadata_values:
-        meta = dx.metadata_element(metadata_values).replace(
-            "<keys>", "<hostkv:keys xmlns:hostkv='%s'>" % dx.NS, 1).replace("<key ", "<hostkv:key ").replace(
-            "</key>", "</hostkv:key>").replace("</keys>", "</hostkv:keys>")
+    meta = dx.metadata_element(metadata_values, namespaced=True) if metadata_values else ""
     xml = domain_xml(name, kernel=image.kernel, initrd=image.initrd,
                      cmdline="console=ttyS0 quiet panic=-1 hostkv.hostname=%s %s" % (name, cmdline_extra),
                      console_log=console_log, hostkv_channel=hostkv_channel, exec_channel=exec_channel,

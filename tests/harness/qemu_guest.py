@@ -33,40 +33,42 @@ Contract (everything has a timeout; every failure message ends with the guest co
     ``guest.hotplug_port(name, socket_path)`` / ``guest.unplug_port(name)``,
     ``guest.stop(sync=True)`` (best-effort ``sync`` in the guest, QMP quit, then SIGKILL; idempotent;
     also a context manager).  ``guest.ports`` lists the virtio-serial ports (for migration).
+    Its helpers have modules of their own: the exec port's client (exec_client.py, the one used
+    for libvirt guests too), QMP (qmp.py), the state disk (state_disk.py).
   * Options: ``name`` (file name prefix, default "guest"), ``image`` (a GuestImage; default
     build_guest_image()), ``hostname`` (guest host name), ``noagent`` (kernel ``hostkv.noagent=1``),
     ``memory_mib``, ``console_path``, ``cmdline_extra``, ``extra_args``, ``max_lifetime`` (s; QEMU
     runs under ``timeout -s KILL`` so it dies after that even if the test process is killed;
     default 1800).
-  * ``ExecClient(socket_path)`` is the exec port's host end on its own (``.run(...)`` like
-    ``guest.exec``, ``.wait_ready(timeout)``), for guests started by libvirt with the
-    ``org.hostkv.test.0`` channel; the guest-side server is guest_init/exec_server.py.
+  * ``tests.harness.exec_client.ExecClient(socket_path)`` is the exec port's host end on its own
+    (``.call(...)`` like ``guest.exec``, ``.run(sh=/cmd=)``, ``.wait_ready(timeout)``), for guests
+    started by libvirt with the ``org.hostkv.test.0`` channel; the guest-side server is
+    guest_init/exec_server.py.
   * ``KERNEL_CMDLINE`` is the base kernel command line (use it for libvirt domains too).
   * Only unix sockets: QMP, exec and migration sockets live in ``workdir`` (or, if that path is
     too long for a unix socket, in a private short temp dir), so several guests and migrations can
     run in one test without races.  Every live QEMU is killed at interpreter exit.
 """
 
-import asyncio
 import atexit
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 
+from hostkv.common import paths
 from tests.harness import accel
+from tests.harness.exec_client import ExecClient, exec_request
 from tests.harness.guest_image import build_guest_image
+from tests.harness.qmp import QmpConnection
+from tests.harness.state_disk import make_state_disk
 
-HOSTKV_PORT = "org.hostkv.0"
+HOSTKV_PORT = paths.PORT_NAME
 EXEC_PORT = "org.hostkv.test.0"
 QEMU = os.environ.get("HOSTKV_TEST_QEMU", "qemu-system-x86_64")
 _SUN_PATH_MAX = 107
-MAX_REPLY_BYTES = 64 * 1024 * 1024    # the exec server caps each stream at 4 MiB
 # Console on ttyS0; no legacy keyboard probing, no TSC re-checks: ~1 s less kernel init on TCG.
 KERNEL_CMDLINE = ("console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.nopnp "
                   "i8042.dumbkbd tsc=reliable no_timer_check mitigations=off")
@@ -101,232 +103,6 @@ def _kill_all_at_exit():
 
 
 atexit.register(_kill_all_at_exit)
-
-
-def make_state_disk(path, size_mib=16):
-    """Create an ext2 image at ``path`` (host-side mke2fs; no root needed) if it does not exist."""
-    if os.path.exists(path):
-        return path
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.truncate(size_mib * 1024 * 1024)
-    res = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-L", "hostkv-state", tmp],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
-    if res.returncode != 0:
-        os.unlink(tmp)
-        raise GuestError("mke2fs %s failed: %s" % (path, res.stdout.decode(errors="replace")))
-    os.rename(tmp, path)
-    return path
-
-
-# ---------------------------------------------------------------- QMP (sync facade)
-
-class QmpConnection(object):
-    """Synchronous QMP over qemu.qmp's asyncio QMPClient, on a private event loop thread.
-
-    Safe to use from code that runs its own asyncio loop.  ``events`` collects every event
-    as a dict with an extra ``"t"`` (time.monotonic() when received).
-    """
-
-    def __init__(self, path, timeout=30):
-        from qemu.qmp import QMPClient
-        self.timeout = timeout
-        self.events = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="qmp-" + path,
-                                        daemon=True)
-        self._thread.start()
-
-        async def make():
-            return QMPClient(os.path.basename(path))
-        self._client = self._call(make())
-        try:
-            self._call(self._client.connect(path))
-        except BaseException:
-            self._stop_loop()
-            raise
-        self._pump = asyncio.run_coroutine_threadsafe(self._collect(), self._loop)
-        self._pump.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-    async def _collect(self):
-        async for ev in self._client.events:
-            rec = dict(ev)
-            rec["t"] = time.monotonic()
-            self.events.append(rec)
-
-    def _call(self, coro, timeout=None):
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout or self.timeout)
-        except BaseException:
-            fut.cancel()
-            raise
-
-    def cmd(self, _name, _timeout=None, **args):
-        """Execute QMP command ``_name`` (arguments as keywords; for names with '-' pass a dict:
-        ``**{'x-y': 1}``) and return its ``return`` value; raises qemu.qmp's ExecuteError."""
-        return self._call(self._client.execute(_name, args or None), _timeout)
-
-    def close(self):
-        if self._loop.is_closed():
-            return
-        self._pump.cancel()
-        try:
-            self._call(self._client.disconnect(), 5)
-        except Exception:
-            pass
-        self._stop_loop()
-
-    def _stop_loop(self):
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
-# ---------------------------------------------------------------- exec channel (host side)
-
-class ExecClient(object):
-    """Host end of the test exec port: a client of QEMU's (or libvirt's) chardev socket.
-
-    ``request(obj, timeout)`` sends one request line and returns the reply with the same id.
-    ``reconnect(path)`` switches to another socket (e.g. the migration destination's).
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self._sock = None
-        self._buf = b""
-        self._next_id = 1
-
-    def connect(self, timeout=10):
-        self.close()
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(self.path)
-                break
-            except OSError as err:
-                s.close()
-                last = err
-                if time.monotonic() > deadline:
-                    raise GuestError("cannot connect exec socket %s: %s" % (self.path, last))
-                time.sleep(0.05)
-        self._sock = s
-        self._buf = b""
-        s.sendall(b"\n")        # resynchronise framing after any earlier connection
-
-    def reconnect(self, path, timeout=10):
-        self.path = path
-        self.connect(timeout)
-
-    def close(self):
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def request(self, obj, timeout):
-        """Send ``obj`` (an id is added) and wait up to ``timeout`` s for its reply.
-
-        Raises GuestError on timeout or if the connection drops; socket.timeout is never leaked.
-        """
-        if self._sock is None:
-            self.connect()
-        rid = "r%d" % self._next_id
-        self._next_id += 1
-        obj = dict(obj, id=rid)
-        self._sock.sendall((json.dumps(obj) + "\n").encode())
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                try:
-                    reply = json.loads(line.decode("utf-8"))
-                except ValueError:
-                    continue
-                if reply.get("id") == rid:
-                    return reply
-                if reply.get("id") is None and "error" in reply:
-                    raise GuestError("exec server refused a request: %s" % reply["error"])
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestError("no reply from the guest exec server within %.0f s" % timeout)
-            self._sock.settimeout(min(left, 1.0))
-            try:
-                data = self._sock.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError as err:
-                self.close()
-                raise GuestError("exec connection failed: %s" % err)
-            if not data:
-                self.close()
-                raise GuestError("exec socket %s closed by QEMU" % self.path)
-            self._buf += data
-            if len(self._buf) > MAX_REPLY_BYTES:
-                self.close()
-                raise GuestError("exec server sent a line over %d bytes" % MAX_REPLY_BYTES)
-
-
-    def run(self, argv_or_sh, timeout=60, stdin=None, check=False, env=None):
-        """Run a command through the exec server; return (rc, stdout, stderr).
-
-        For guests not started by QemuGuest (e.g. libvirt domains with the
-        org.hostkv.test.0 channel): ``ExecClient(socket_path).run(["uname", "-r"])``.
-        Raises GuestError on timeout, refusal, or (with ``check``) rc != 0."""
-        reply = self.request(_exec_request(argv_or_sh, timeout, stdin, env), timeout + 15)
-        if "error" in reply:
-            raise GuestError("exec %r refused: %s" % (argv_or_sh, reply["error"]))
-        result = (reply.get("rc"), reply.get("stdout", ""), reply.get("stderr", ""))
-        if not isinstance(result[0], int) or not all(isinstance(x, str) for x in result[1:]):
-            raise GuestError("malformed exec reply: %r" % (reply,))
-        if reply.get("timed_out"):
-            raise GuestError("exec %r timed out after %s s in the guest;\nstdout: %s\nstderr: %s"
-                             % (argv_or_sh, timeout, result[1], result[2]))
-        if check and result[0] != 0:
-            raise GuestError("exec %r exited %d\nstdout: %s\nstderr: %s"
-                             % ((argv_or_sh,) + result))
-        return result
-
-    def wait_ready(self, timeout=60):
-        """Wait until the exec server answers a ping and the guest's init has finished
-        (connecting/reconnecting as needed); return the ping reply."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestError("exec server on %s not answering within %d s"
-                                 % (self.path, timeout))
-            try:
-                if self._sock is None:
-                    self.connect(timeout=min(left, 5))
-                reply = self.request({"op": "ping"}, timeout=min(left, 2))
-                if reply.get("pong") and reply.get("init_done", True):
-                    return reply
-                time.sleep(0.05)
-            except GuestError:
-                time.sleep(0.05)
-
-
-def _exec_request(argv_or_sh, timeout, stdin=None, env=None):
-    if isinstance(argv_or_sh, str):
-        req = {"sh": argv_or_sh}
-    elif isinstance(argv_or_sh, (list, tuple)) and argv_or_sh \
-            and all(isinstance(a, str) for a in argv_or_sh):
-        req = {"cmd": list(argv_or_sh)}
-    else:
-        raise TypeError("exec needs a shell string or a non-empty list of str, not %r"
-                        % (argv_or_sh,))
-    req["timeout"] = timeout
-    if stdin is not None:
-        req["stdin"] = stdin
-    if env:
-        req["env"] = dict(env)
-    return req
 
 
 # ---------------------------------------------------------------- the guest
@@ -389,7 +165,7 @@ class QemuGuest(object):
             self._check_sun_path(p.socket_path)
         self.proc = None
         self._qmp = None
-        self._exec = ExecClient(self.exec_path)
+        self._exec = ExecClient(self.exec_path, error=GuestError)
         self.started_at = None
         self.ready_at = None
         self.guest_uptime_at_ready = None     # guest's /proc/uptime when it first answered
@@ -462,7 +238,10 @@ class QemuGuest(object):
         if self.image is None:
             self.image = build_guest_image()
         if self.state_disk and not self.incoming:
-            make_state_disk(self.state_disk)
+            try:
+                make_state_disk(self.state_disk)
+            except RuntimeError as err:
+                raise GuestError(str(err))
         for p in [self.qmp_path] + [p.socket_path for p in self.ports]:
             if os.path.lexists(p):
                 os.unlink(p)
@@ -508,7 +287,7 @@ class QemuGuest(object):
                 raise GuestError(self._with_tail("guest %s not ready within %d s"
                                                  % (self.name, timeout)))
             try:
-                if self._exec._sock is None:
+                if not self._exec.connected:
                     self._exec.connect(timeout=min(left, 5))
                 reply = self._exec.request({"op": "ping"}, timeout=min(left, 2))
                 if reply.get("pong") and not reply.get("init_done", True):
@@ -526,7 +305,7 @@ class QemuGuest(object):
         self._check_alive("before exec")
         try:
             # A reply that arrives after its request timed out is skipped by id later on.
-            return self._exec.run(argv_or_sh, timeout, stdin, check, env)
+            return self._exec.call(argv_or_sh, timeout, stdin, check, env)
         except GuestError as err:
             raise GuestError(self._with_tail("in guest %s: %s" % (self.name, err)))
 
@@ -633,9 +412,9 @@ class QemuGuest(object):
     def stop(self, sync=True, timeout=15):
         """Stop QEMU: optional ``sync`` in the guest, QMP quit, SIGKILL after ``timeout``."""
         if self.proc is not None and self.proc.poll() is None:
-            if sync and self._exec._sock is not None:
+            if sync and self._exec.connected:
                 try:
-                    self._exec.request(_exec_request(["sync"], 5), 8)
+                    self._exec.request(exec_request(["sync"], 5), 8)
                 except Exception:
                     pass
             try:

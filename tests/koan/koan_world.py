@@ -36,7 +36,8 @@ import subprocess
 import tempfile
 
 from tests.harness.cobbler_server import CobblerServer
-from tests.harness.libvirt_hosts import GuestExec, HarnessError, TEST_EXEC_PORT, wait_for
+from tests.harness.exec_client import ExecClient
+from tests.harness.libvirt_hosts import HarnessError, TEST_EXEC_PORT, wait_for
 from tests.koan.koan_env import KoanEnv
 from tests.koan.koan_host import BRIDGE, KoanLibvirtHost, forward_tcp
 
@@ -206,13 +207,13 @@ class KoanWorld(object):
             os.unlink(self.disk_path(name))
 
     def guest_exec(self, name):
-        """Hot-plug the test exec channel into running domain ``name``; a GuestExec for it.
+        """Hot-plug the test exec channel into running domain ``name``; an ExecClient for it.
 
         koan builds the domain, so it has no test exec port; the hostkv channel's virtio-serial
         controller (which virt-install added) takes the hot-plugged port, and the guest's exec
         server finds it through sysfs."""
         import libvirt
-        from hostkv.hostkvd import domain_xml
+        from hostkv.common import domain_xml
         c = self.conn()
         try:
             c.lookupByName(name).attachDeviceFlags(EXEC_CHANNEL_XML, libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -224,7 +225,7 @@ class KoanWorld(object):
             if path is None:
                 raise HarnessError("domain %s: no exec channel socket: %s" % (name, problem))
             return self.host.outside_path(path)
-        return GuestExec(sock)
+        return ExecClient(sock, reconnect_each=True, error=HarnessError)
 
     def wait_exec(self, ex, name, timeout=120):
         try:

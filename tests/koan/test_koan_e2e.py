@@ -146,7 +146,7 @@ def test_fix_inherited_interface_bridge(world, web1):
 # ---------------------------------------------------------------- hostkv
 
 def test_hostkv_guest_end_to_end(world, web1):
-    from hostkv.hostkvd import domain_xml
+    from hostkv.common import domain_xml
     try:
         assert web1.argv[-2:] == CHANNEL, web1.argv
         assert "- hostkv: channel org.hostkv.0, keys: vm.role=web" in web1.output
@@ -174,7 +174,7 @@ def test_profile_without_hostkv_gets_stock_argv(world):
     """No hostkv_enabled: no channel, no metadata, and the very argv koan builds without the
     hostkv piece (HOSTKV_KOAN_DISABLE=hostkv: stock koan + the four fixes, which stock koan 3.0.1
     needs to build any argv at all against Cobbler 3.3)."""
-    from hostkv.hostkvd import domain_xml
+    from hostkv.common import domain_xml
     try:
         run = world.koan("plain1")
         assert run.rc == 0, run
@@ -195,7 +195,7 @@ def test_invalid_key_stops_before_anything_is_created(world):
     run = world.koan("bad1")
     try:
         assert run.rc == 1, run
-        assert "hostkv: autoinstall_meta hostkv_vm_r@le -> vm.r@le" in run.output, run
+        assert "hostkv: hostkv_vm_r@le (hostkv key vm.r@le)" in run.output, run     # the validator's words
         assert run.argv is None
         assert "qemu-img" not in run.output
         assert "bad1" not in world.domain_names()

@@ -3,7 +3,7 @@ import libvirt
 import pytest
 
 from tests.harness import libvirt_hosts as lh
-from hostkv.hostkvd import domain_xml as dx
+from hostkv.common import domain_xml as dx
 from tests.libvirt.helpers import canonical, channels
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.vm]

@@ -9,6 +9,7 @@ import threading
 import libvirt
 import pytest
 
+from hostkv.common import entries
 from hostkv.hostkvctl import cli
 
 URI = "test:///default"
@@ -132,3 +133,22 @@ def test_enable_needs_domains_or_all():
 def test_not_root_is_exit_5(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert run(["status"])[0] == cli.EXIT_NOT_ROOT
+
+
+def test_one_value_rule_for_host_set_and_vm_set(fake_hostkvd):
+    """A value XML cannot hold is refused the same way by both (exit 2, one message, nothing sent
+    or written); CR survives vm set/get byte for byte."""
+    path, requests = fake_hostkvd
+    sent = len(requests)
+    code_h, _, err_h = run(["host", "set", "motd=a\x01b"], path)
+    code_v, _, err_v = run(["vm", "set", "test", "motd=a\x01b"])
+    assert code_h == code_v == cli.EXIT_USAGE and len(requests) == sent
+    assert err_h == ("hostkvctl: value of host.motd has U+0001 (a control character) at character 2; "
+                     "%s\n" % entries.VALUE_RULE)
+    assert err_v == err_h.replace("host.motd", "vm.motd")
+    code, _, _ = run(["vm", "set", "test", "cr=x\r\ny\r", "blank=  "])
+    assert code == 0
+    code, out, _ = run(["vm", "get", "test", "--json"])
+    assert {k: v for k, v in json.loads(out).items() if k in ("vm.cr", "vm.blank")} == \
+        {"vm.cr": "x\r\ny\r", "vm.blank": "  "}
+    run(["vm", "unset", "test", "cr", "blank"])

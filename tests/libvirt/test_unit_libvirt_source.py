@@ -18,7 +18,7 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from hostkv.hostkvd import domain_xml
+from hostkv.common import domain_xml
 from hostkv.hostkvd.sources import libvirt_source
 from hostkv.hostkvd.sources.libvirt_source import LibvirtSource
 

@@ -57,8 +57,8 @@ def test_rpm_installed_plugin_publishes_its_agent_rpm(server, tmp_path):
     proc = server.run(["hostkv-cobbler", "install"], env=env)
     assert proc.returncode == 0 and "restart cobblerd" in proc.stdout, proc.stdout + proc.stderr
     modules = os.path.join(server.package_dir, "modules", "hostkv")
-    with open(server.path(os.path.join(modules, "_lib", "protocol.py")), "rb") as f:
-        assert f.read() == (root / "usr/share/hostkv-cobbler/protocol/hostkv/protocol.py").read_bytes()
+    with open(server.path(os.path.join(modules, "_lib", "common", "options.py")), "rb") as f:
+        assert f.read() == (root / "usr/share/hostkv-cobbler/protocol/hostkv/common/options.py").read_bytes()
 
     server.restart()
     sync = server.cli(["sync"])
@@ -69,7 +69,7 @@ def test_rpm_installed_plugin_publishes_its_agent_rpm(server, tmp_path):
     assert {"primary", "filelists", "other"} <= {d.get("type") for d in repomd.findall(REPO_NS + "data")}
     assert fetch(url + built.agent.name) == built.agent.read_bytes()     # the RPM the package ships
     with open(server.path("/var/log/cobbler/cobbler.log")) as f:
-        assert "hostkv: protocol limits from %s" % os.path.join(modules, "_lib", "protocol.py") in f.read()
+        assert "hostkv: shared rules from %s" % os.path.join(modules, "_lib", "common") in f.read()
 
     status = server.run(["hostkv-cobbler", "status"], env=env)
     assert status.returncode == 0 and "intact" in status.stdout, status.stdout + status.stderr

@@ -164,8 +164,9 @@ def test_cobbler_package_name_and_files(built):
                 str(built.cobbler)) == "hostkv-cobbler %s 1 noarch gzip" % VERSION
     files = file_list(built.cobbler)
     share = {f for f in files if f.startswith(SHARE + "/")}
-    expected = {SHARE + "/hostkv_cobbler.py", SHARE + "/protocol/hostkv/protocol.py",
+    expected = {SHARE + "/hostkv_cobbler.py",
                 SHARE + "/kickstart_snippets/hostkv_agent", SHARE + "/kickstart_snippets/sample_hostkv.ks"}
+    expected |= {"%s/protocol/hostkv/common/%s" % (SHARE, p) for p in py_files(REPO / "protocol/hostkv/common")}
     expected |= {"%s/modules/hostkv/%s" % (SHARE, p) for p in py_files(REPO / "cobbler_plugin/modules/hostkv")}
     assert SHARE + "/modules/hostkv/sync_post_publish.py" in expected
     assert expected <= share, sorted(expected - share)
@@ -273,7 +274,8 @@ def test_installed_hostkv_cobbler_against_a_scratch_cobbler(built, tmp_path):
     root.mkdir()
     rpm_root(root, "--noscripts", "-i", str(built.cobbler))
     share = root / SHARE.lstrip("/")
-    for rel in ("kickstart_snippets/sample_hostkv.ks", "modules/hostkv/__init__.py", "protocol/hostkv/protocol.py"):
+    for rel in ("kickstart_snippets/sample_hostkv.ks", "modules/hostkv/__init__.py",
+                "protocol/hostkv/common/options.py"):
         with open(str(share / rel), "a") as f:
             f.write("# installed copy marker\n")
     cob = scratch_cobbler(tmp_path / "cobbler")
@@ -283,12 +285,16 @@ def test_installed_hostkv_cobbler_against_a_scratch_cobbler(built, tmp_path):
     env = dict(clean_env(), HOSTKV_COBBLER_PYTHON=VENV_PY)      # the Python that runs cobblerd
 
     proc = run([hc, "install"] + args, cwd=str(tmp_path), env=env)
-    count = len(py_files(share / "modules/hostkv")) + 3          # + _lib/protocol.py, snippet, template
+    common = py_files(share / "protocol/hostkv/common")
+    count = len(py_files(share / "modules/hostkv")) + len(common) + 2    # + _lib/common/, snippet, template
     assert "installed %d files (%d written, 0 removed)" % (count, count) in proc.stdout, proc.stdout
     modules = cob / COBBLER_DIR.lstrip("/") / "modules/hostkv"
     shipped = {("modules/hostkv/" + k): v for k, v in tree_digests(share / "modules/hostkv").items()}
     landed = {("modules/hostkv/" + k): v for k, v in tree_digests(modules).items()}
-    assert landed.pop("modules/hostkv/_lib/protocol.py") == tree_digests(share / "protocol/hostkv")["protocol.py"]
+    shipped_common = tree_digests(share / "protocol/hostkv/common")
+    assert {name: landed.pop("modules/hostkv/_lib/common/" + name) for name in common} == \
+        {name: shipped_common[name] for name in common}
+    assert landed.pop("modules/hostkv/_lib/common") == "dir"
     assert landed == shipped
     for src, dst in (("kickstart_snippets/hostkv_agent", "var/lib/cobbler/snippets/hostkv_agent"),
                      ("kickstart_snippets/sample_hostkv.ks", "var/lib/cobbler/templates/sample_hostkv.ks")):

@@ -78,7 +78,8 @@ def test_agent_file_list(built):
     files = file_list(built.agent)
     lib = {f for f in files if f.startswith(AGENT_LIB + "/")}
     expected_code = {"%s/hostkv/protocol.py" % AGENT_LIB} | {
-        "%s/hostkv/agent/%s" % (AGENT_LIB, p) for p in py_files(REPO / "guest_agent/hostkv/agent")}
+        "%s/hostkv/agent/%s" % (AGENT_LIB, p) for p in py_files(REPO / "guest_agent/hostkv/agent")} | {
+        "%s/hostkv/common/%s" % (AGENT_LIB, p) for p in py_files(REPO / "protocol/hostkv/common")}
     assert expected_code <= lib, "missing: %s" % sorted(expected_code - lib)
     assert {f for f in lib if f.endswith(".py")} == expected_code
     assert not any("site-packages" in f or "dist-packages" in f for f in files)
@@ -102,7 +103,8 @@ def test_agent_file_list(built):
 def test_host_file_list(built):
     files = file_list(built.host)
     lib = {f for f in files if f.startswith(HOST_LIB + "/")}
-    expected_code = {"%s/hostkv/protocol.py" % HOST_LIB}
+    expected_code = {"%s/hostkv/protocol.py" % HOST_LIB} | {
+        "%s/hostkv/common/%s" % (HOST_LIB, p) for p in py_files(REPO / "protocol/hostkv/common")}
     for pkg in sorted((REPO / "host_service/hostkv").iterdir()):
         if pkg.is_dir() and pkg.name != "__pycache__":
             expected_code |= {"%s/hostkv/%s/%s" % (HOST_LIB, pkg.name, p) for p in py_files(pkg)}
@@ -455,12 +457,25 @@ def test_build_script_refuses_bad_input(args, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_build_script_names_a_bad_version_file(tmp_path):
+def _build_with_version_file(tmp_path, text):
+    """build-rpms.sh on the checkout's sources with VERSION replaced by ``text``."""
     src = tmp_path / "src"
     src.mkdir()
     for name in rpmh.PACKAGED_PATHS[1:]:
         (src / name).symlink_to(REPO / name)
-    (src / "VERSION").write_text("0.1.0-beta\n")
-    proc = run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
+    (src / "VERSION").write_text(text)
+    return run(["bash", str(rpmh.BUILD_SCRIPT), "--srcdir", str(src), "--dist", str(tmp_path / "d")],
                check=False)
+
+
+def test_build_script_refuses_a_version_the_code_does_not_report(tmp_path):
+    """One version source: VERSION and hostkv.common.version must agree, or nothing is built."""
+    proc = _build_with_version_file(tmp_path, "9.9.9\n")
+    assert proc.returncode != 0 and 'protocol/hostkv/common/version.py does not say VERSION = "9.9.9"' \
+        in proc.stderr, proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_build_script_names_a_bad_version_file(tmp_path):
+    proc = _build_with_version_file(tmp_path, "0.1.0-beta\n")
     assert proc.returncode != 0 and "VERSION: '0.1.0-beta' is not a version" in proc.stderr

@@ -10,26 +10,20 @@ the agent's thread, on its next probe/read/write.  :class:`FakeHost` speaks the 
 elsewhere; this is the fast one.
 """
 
+import functools
 import os
 import socket
 import threading
-import time
 
 from hostkv import protocol
 from hostkv.agent import client, config
 from hostkv.agent.daemon import Agent
 from hostkv.agent.publish import read_current
 from hostkv.agent.port import Port, PortGone
+from tests.harness import waiting
 
 
-def wait_for(predicate, timeout=5.0, interval=0.01, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+wait_for = functools.partial(waiting.wait_for, interval=0.01)   # in-process rigs: poll fast
 
 
 def _hang_up(sock):

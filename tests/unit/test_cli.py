@@ -156,6 +156,7 @@ def test_wrappers_find_an_installed_tree_from_their_own_path(tmp_path):
     lib = root / "usr" / "lib" / "hostkv-agent" / "hostkv"
     shutil.copytree(os.path.join(REPO, "guest_agent", "hostkv", "agent"), str(lib / "agent"))
     shutil.copy(os.path.join(REPO, "protocol", "hostkv", "protocol.py"), str(lib))
+    shutil.copytree(os.path.join(REPO, "protocol", "hostkv", "common"), str(lib / "common"))
     (lib / "agent" / "__init__.py").write_text('VERSION = "from-the-tree"\n')
     for name, bindir in (("hostkv", "bin"), ("hostkv-agent", "sbin")):
         (root / "usr" / bindir).mkdir(parents=True)

@@ -2,7 +2,9 @@
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from hostkv.common import entries
 from hostkv.hostkvd import config, hostvalues
 
 
@@ -86,3 +88,79 @@ def test_update_refuses_bad_input_and_changes_nothing(tmp_path):
         config.update_host_keys(str(path), {"host.a": "2"})
     assert path.read_text() == "[host]\nbroken line\n"
     assert [p.name for p in tmp_path.iterdir()] == ["hostkvd.conf"]  # no temp files left
+
+
+# ---------------------------------------------------------------- one rule with hostkvctl (issue 12)
+
+@pytest.mark.parametrize("name", ["rack", "host.rack", "rack.row", "hots.rack", "vm.role", "r@ck", "",
+                                  "host.", "a-b_c", "host.a.b"])
+def test_bare_keys_follow_the_same_rule_as_hostkvctl_host_set(name):
+    """`hostkvctl host set NAME=v` and a `NAME = v` line in [host] accept the same names, as the
+    same key, and refuse the same names."""
+    from hostkv.hostkvctl import cli
+    try:
+        via_cli = cli.parse_assignments([name + "=v"], "host")
+    except cli.Failure:
+        via_cli = None
+    try:
+        via_file = config.parse("[host]\n%s = v\n" % name).host_values if name else None
+    except config.ConfigError as err:
+        assert ":2: " in str(err)
+        via_file = None
+    assert via_cli == via_file
+    if name in ("rack", "host.rack"):
+        assert via_file == {"host.rack": "v"}
+
+
+def test_bare_and_full_spelling_of_one_key_is_set_twice():
+    with pytest.raises(config.ConfigError, match=r":3: host.rack is set twice"):
+        config.parse("[host]\nrack = 1\nhost.rack = 2\n", "f")
+
+
+def test_update_matches_bare_lines_and_keeps_their_spelling(tmp_path):
+    path = tmp_path / "hostkvd.conf"
+    path.write_text("[host]\n# rack of this host\nrack = r1\nrow = 3\n")
+    cfg = config.update_host_keys(str(path), {"host.rack": "r2"}, unset=["host.row"])
+    assert cfg.host_values == {"host.rack": "r2"}
+    assert path.read_text() == "[host]\n# rack of this host\nrack = r2\n"
+
+
+# ---------------------------------------------------------------- values (issue 10 item 4)
+
+def test_a_value_outside_the_rule_names_file_line_and_character():
+    with pytest.raises(config.ConfigError) as err:
+        config.parse('[host]\nhost.ok = 1\nhost.bad = "a\\u0001b"\n', "/etc/hostkv/hostkvd.conf")
+    assert str(err.value) == ("/etc/hostkv/hostkvd.conf:3: value of host.bad has U+0001 (a control "
+                              "character) at character 2; " + entries.VALUE_RULE)
+
+
+def test_lines_end_at_lf_only_and_crlf_files_parse():
+    text = "[host]\r\nhost.sep = a\u2028b\u0085c\r\nhost.x = 1\r\n"
+    assert config.parse(text).host_values == {"host.sep": "a\u2028b\u0085c", "host.x": "1"}
+
+
+@pytest.mark.parametrize("value", ["x\r\ny\r", "\r", "  lead", "trail ", "\t", "", '"quoted"', "a\u2028b",
+                                   "\x85\x9f\x7f", "# not a comment", "k = v", "\U0001f600", "\ufffd"])
+def test_tricky_values_round_trip_through_the_file(tmp_path, value):
+    path = tmp_path / "hostkvd.conf"
+    config.update_host_keys(str(path), {"host.v": value})
+    assert config.load(str(path)).host_values == {"host.v": value}
+    assert len(path.read_text(encoding="utf-8").split("\n")) == 3      # [host], the line, the end
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=50))
+def test_every_allowed_value_round_trips_and_every_other_is_refused(value):
+    """Property: format_value/parse deliver every value the shared rule allows byte for byte, and
+    the file refuses (path:line) exactly the values the rule refuses."""
+    try:
+        entries.validate_value("host.v", value)
+        allowed = True
+    except entries.EntryError:
+        allowed = False
+    text = "[host]\nhost.v = %s\n" % config.format_value(value)
+    if allowed:
+        assert config.parse(text, "f").host_values == {"host.v": value}
+    else:
+        with pytest.raises(config.ConfigError, match=r"^f:2: value of host.v has U\+"):
+            config.parse(text, "f")

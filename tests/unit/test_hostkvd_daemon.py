@@ -125,7 +125,7 @@ def test_too_many_bad_frames_close_the_channel_with_a_penalty(daemon, two_ports)
 
 
 def test_bad_config_at_start_names_the_line(tmp_path):
-    d = HostkvdProcess(tmp_path, config_text="[host]\nhost.ok = 1\nrack = r1\n")
+    d = HostkvdProcess(tmp_path, config_text="[host]\nhost.ok = 1\nhots.rack = r1\n")   # a scope typo
     with pytest.raises(AssertionError) as err:
         d.start(timeout=10)
     assert "hostkvd.conf:3:" in str(err.value)

@@ -18,6 +18,7 @@ from tests.harness import accel
 from tests.harness.guest_image import REPO, build_guest_image
 from tests.harness.migration import MigrationPair
 from tests.harness.qemu_guest import GuestError, QemuGuest, unix_forward
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -25,11 +26,7 @@ AGENT_MAIN = os.path.join(REPO, "guest_agent", "hostkv", "agent", "__main__.py")
 
 
 def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %s s waiting for %s" % (timeout, what))
-        time.sleep(0.1)
+    return wait_for(pred, timeout, what, interval=0.1)
 
 
 def port_names(guest):

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.harness import accel, guest_image
+from tests.harness import accel, cpio, guest_kernel, guest_root
 
-INIT_DIR = guest_image.INIT_DIR
+INIT_DIR = guest_root.INIT_DIR
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_cpio_writer_round_trips_with_gnu_cpio(tmp_path):
     (root / "usr" / "bin" / "odd").write_bytes(b"x" * 5)
     os.symlink("/init", str(root / "usr" / "bin" / "link"))
     out = tmp_path / "a.cpio"
-    guest_image.write_cpio(str(root), str(out),
-                           extra_nodes=[("dev/console", stat.S_IFCHR | 0o600, 5, 1)])
+    cpio.write_cpio(str(root), str(out),
+                    extra_nodes=[("dev/console", stat.S_IFCHR | 0o600, 5, 1)])
     listing = subprocess.run(["cpio", "-itv", "--quiet"], stdin=open(str(out), "rb"),
                              stdout=subprocess.PIPE, timeout=30, check=True).stdout.decode()
     names = [line.split()[-1] if "->" not in line else line.split()[-3]
@@ -106,4 +106,16 @@ def test_cpio_writer_round_trips_with_gnu_cpio(tmp_path):
 
 
 def test_pvh_note_detection_rejects_non_elf():
-    assert guest_image._has_pvh_note(b"MZ" + b"\0" * 100) is False
+    assert guest_kernel.has_pvh_note(b"MZ" + b"\0" * 100) is False
+
+
+def test_source_roots_are_declared_once():
+    """pytest.ini's pythonpath names the checkout's source roots that tests.harness gives
+    subprocesses (tests.harness.SOURCE_DIRS), so both see the same code."""
+    import configparser
+    from tests import harness
+    ini = configparser.ConfigParser()
+    ini.read(os.path.join(harness.REPO, "pytest.ini"))
+    pythonpath = ini["pytest"]["pythonpath"].split()
+    assert [d for d in pythonpath if d in harness.SOURCE_DIRS] == list(harness.SOURCE_DIRS)
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[:3] == list(harness.SOURCE_ROOTS)

@@ -14,4 +14,4 @@ Modules, one job each:
   cli       the ``hostkv`` command
 """
 
-VERSION = "0.1.0"
+from hostkv.common.version import VERSION  # noqa: F401 - the one version source

@@ -1,6 +1,7 @@
 """The persistent cache /var/lib/hostkv/snapshot.json: the last data and its seq.
 
-Written atomically (temporary file, fsync, rename, fsync of the directory) right *after*
+Written atomically and durably (:func:`hostkv.common.atomic.write_atomic`: temporary file,
+fsync, rename, fsync of the directory) right *after*
 each publication and before the next snapshot is looked at, so that the fsync is not on
 the path from a snapshot to its watchers, and at most ONE publication (seq = cached seq
 + 1) can be ahead of the cache when the agent dies or the guest loses power.  The agent
@@ -17,6 +18,7 @@ import json
 import os
 
 from hostkv.agent.model import Record
+from hostkv.common import atomic
 
 CACHE_FORMAT = 1
 CACHE_NAME = "snapshot.json"
@@ -81,24 +83,4 @@ def save(state_dir, record, clean=False):
     if clean:
         doc["clean"] = True
     data = (json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(state_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic.write_atomic(path, data, mode=0o644, durable=True)

@@ -15,6 +15,7 @@ import time
 from hostkv import protocol
 from hostkv.agent import VERSION, client, config
 from hostkv.agent.publish import NoData, read_current
+from hostkv.common import paths
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -371,7 +372,7 @@ def main(argv=None):
         _err("a command is required (get, list, status, watch, env)")
         return EXIT_USAGE
     if args.run_dir is None:
-        args.run_dir = os.environ.get("HOSTKV_RUN_DIR") or "/run/hostkv"
+        args.run_dir = os.environ.get("HOSTKV_RUN_DIR") or paths.AGENT_RUN_DIR
     if args.socket is None:
         args.socket = os.environ.get("HOSTKV_SOCKET") or os.path.join(args.run_dir, config.SOCKET_NAME)
     try:

@@ -6,26 +6,26 @@ Every path can be moved so tests (and unusual guests) run unprivileged in temp d
 import argparse
 import os
 
-from hostkv import protocol
 from hostkv.agent import VERSION
+from hostkv.common import paths
 
 # (attribute, flag, environment variable, default, help)
 PATH_SETTINGS = (
-    ("port_name", "--port-name", "HOSTKV_PORT_NAME", protocol.DEFAULT_PORT_NAME,
+    ("port_name", "--port-name", "HOSTKV_PORT_NAME", paths.PORT_NAME,
      "virtio-serial port name to look for"),
     ("device", "--device", "HOSTKV_DEVICE", None,
      "open exactly this device node instead of looking the port up by name"),
     ("dev_dir", "--dev-dir", "HOSTKV_DEV_DIR", "/dev", "where device nodes live"),
     ("sysfs_dir", "--sysfs-dir", "HOSTKV_SYSFS_DIR", "/sys/class/virtio-ports",
      "sysfs class directory scanned for the port name"),
-    ("run_dir", "--run-dir", "HOSTKV_RUN_DIR", "/run/hostkv", "where values are published"),
-    ("state_dir", "--state-dir", "HOSTKV_STATE_DIR", "/var/lib/hostkv", "where the cache lives"),
-    ("hooks_dir", "--hooks-dir", "HOSTKV_HOOKS_DIR", "/etc/hostkv/hooks.d",
+    ("run_dir", "--run-dir", "HOSTKV_RUN_DIR", paths.AGENT_RUN_DIR, "where values are published"),
+    ("state_dir", "--state-dir", "HOSTKV_STATE_DIR", paths.AGENT_STATE_DIR, "where the cache lives"),
+    ("hooks_dir", "--hooks-dir", "HOSTKV_HOOKS_DIR", paths.AGENT_HOOKS_DIR,
      "executables run after each change"),
     ("socket", "--socket", "HOSTKV_SOCKET", None, "control socket (default: RUN_DIR/agent.sock)"),
 )
 
-SOCKET_NAME = "agent.sock"
+SOCKET_NAME = paths.AGENT_SOCKET_NAME
 
 
 class Config(object):
@@ -50,7 +50,7 @@ def default_socket(environ=None):
     environ = os.environ if environ is None else environ
     if environ.get("HOSTKV_SOCKET"):
         return environ["HOSTKV_SOCKET"]
-    return os.path.join(environ.get("HOSTKV_RUN_DIR") or "/run/hostkv", SOCKET_NAME)
+    return os.path.join(environ.get("HOSTKV_RUN_DIR") or paths.AGENT_RUN_DIR, SOCKET_NAME)
 
 
 def _positive(text):

@@ -14,11 +14,11 @@ import json
 import os
 import sys
 
-from hostkv import protocol
+from hostkv.common import entries, paths
 from hostkv.hostkvctl import control_client, enable as enable_mod, libvirt_conn, vm_keys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_NO_LIBVIRT, EXIT_NOT_ROOT = 0, 1, 2, 3, 4, 5
-DEFAULT_URI = "qemu:///system"
+DEFAULT_URI = paths.LIBVIRT_URI
 
 
 class Failure(Exception):
@@ -30,17 +30,15 @@ class Failure(Exception):
 
 
 def scoped_key(key, scope):
-    """``role`` -> ``vm.role`` for scope vm; full keys stay; validates."""
-    if not key.startswith("host.") and not key.startswith("vm."):
-        key = "%s.%s" % (scope, key)
+    """``role`` -> ``vm.role`` for scope vm; full keys stay; validates (hostkv.common.entries'
+    bare-key rule, the same as hostkvd.conf's [host] section)."""
     try:
-        protocol.validate_key(key)
-    except protocol.ProtocolError as err:
+        return entries.scoped_key(key, scope)
+    except entries.EntryError as err:
+        if err.code == "bad-scope":
+            raise Failure(EXIT_USAGE, "%s (use 'hostkvctl %s ...')"
+                          % (err, "host set" if scope == "vm" else "vm set DOMAIN"))
         raise Failure(EXIT_USAGE, str(err))
-    if not key.startswith(scope + "."):
-        raise Failure(EXIT_USAGE, "%s is not a %s.* key (use 'hostkvctl %s ...')"
-                      % (key, scope, "host set" if scope == "vm" else "vm set DOMAIN"))
-    return key
 
 
 def parse_assignments(items, scope):
@@ -52,8 +50,8 @@ def parse_assignments(items, scope):
         key, value = item.split("=", 1)
         key = scoped_key(key.strip(), scope)
         try:
-            protocol.validate_value(key, value)
-        except protocol.ProtocolError as err:
+            entries.validate_value(key, value)
+        except entries.EntryError as err:
             raise Failure(EXIT_USAGE, str(err))
         values[key] = value
     return values
@@ -67,7 +65,7 @@ def build_parser():
                    help="libvirt URI (default %(default)s)")
     p.add_argument("--control-socket", default=control_client.DEFAULT_PATH, metavar="PATH",
                    help="hostkvd's control socket (default %(default)s)")
-    p.add_argument("--port-name", default=protocol.DEFAULT_PORT_NAME, help=argparse.SUPPRESS)
+    p.add_argument("--port-name", default=paths.PORT_NAME, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -195,7 +193,7 @@ def cmd_vm(args, out, err):
         return EXIT_OK
     except KeyError as exc:
         raise Failure(EXIT_FAILED, exc.args[0])
-    except protocol.ProtocolError as exc:
+    except entries.EntryError as exc:
         raise Failure(EXIT_USAGE, str(exc))
     except libvirt.libvirtError as exc:
         raise Failure(EXIT_FAILED, "libvirt: %s" % exc.get_error_message())

@@ -7,7 +7,9 @@ when nothing answers at the socket.
 import json
 import socket
 
-DEFAULT_PATH = "/run/hostkv/hostkvd.sock"
+from hostkv.common import paths
+
+DEFAULT_PATH = paths.HOSTKVD_CONTROL_SOCKET
 MAX_REPLY = 16 * 1024 * 1024
 
 

@@ -13,8 +13,7 @@ guest acknowledges it; we wait up to ``wait`` seconds and report 'pending' if it
 
 import time
 
-from hostkv import protocol
-from hostkv.hostkvd import domain_xml
+from hostkv.common import domain_xml, paths
 
 
 class CannotChange(RuntimeError):
@@ -47,7 +46,7 @@ def _detach(dom, device_xml, flags):
         dom.detachDeviceFlags(device_xml, flags)
 
 
-def enable(dom, port_name=protocol.DEFAULT_PORT_NAME, next_boot=False):
+def enable(dom, port_name=paths.PORT_NAME, next_boot=False):
     """Enable hostkv on ``dom``; returns ``[(view, [kinds added])]`` (empty lists: already enabled).
 
     ``next_boot``: change only the persistent definition (for a running domain without a
@@ -96,7 +95,7 @@ def _rollback(dom, added):
     return ok
 
 
-def disable(dom, port_name=protocol.DEFAULT_PORT_NAME, wait=10.0):
+def disable(dom, port_name=paths.PORT_NAME, wait=10.0):
     """Disable hostkv on ``dom``; returns ``[(view, [kinds removed], pending)]``."""
     import libvirt
     done = []
@@ -133,6 +132,6 @@ def _wait_gone(dom, port_name, devices, wait):
         time.sleep(0.1)
 
 
-def is_enabled(dom, port_name=protocol.DEFAULT_PORT_NAME):
+def is_enabled(dom, port_name=paths.PORT_NAME):
     """``{view: bool}``: does each view have the hostkv channel?"""
     return dict((view, bool(domain_xml.find_channels(xml, port_name))) for view, _f, xml in _views(dom))

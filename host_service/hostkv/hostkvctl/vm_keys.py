@@ -5,8 +5,7 @@ merged into each view that exists (config first, then live - hostkvd reacts to t
 so keys set only in one view are kept.  Values are validated before anything is written.
 """
 
-from hostkv import protocol
-from hostkv.hostkvd import domain_xml
+from hostkv.common import domain_xml, entries
 
 
 def views(dom):
@@ -51,14 +50,14 @@ def get(dom, config=False):
 
 def set_keys(dom, values):
     """Merge ``values`` (vm.* keys) into every view; returns ``[(view, problems_dropped)]``."""
-    values = protocol.validate_values(values, scope="vm")
+    values = entries.validate_entries(values, scope="vm")
     done = []
     for name, flags in views(dom):
         current, problems = read(dom, flags)
         current.update(values)
-        if len(current) > protocol.MAX_KEYS:
-            raise protocol.ProtocolError("too-many-keys", "%s would have %d vm keys, the limit is %d"
-                                         % (dom.name(), len(current), protocol.MAX_KEYS))
+        if len(current) > entries.MAX_KEYS:
+            raise entries.EntryError("too-many-keys", "%s would have %d vm keys, the limit is %d"
+                                     % (dom.name(), len(current), entries.MAX_KEYS))
         write(dom, current, flags)
         done.append((name, problems))
     return done

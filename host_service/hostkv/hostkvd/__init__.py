@@ -14,4 +14,4 @@ guest's requests.  One module per concern:
   sources/    where channels come from: explicit paths/directories, libvirt
 """
 
-VERSION = "0.1.0"
+from hostkv.common.version import VERSION  # noqa: F401 - the one version source

@@ -17,6 +17,7 @@ import signal
 import sys
 
 from hostkv import protocol
+from hostkv.common import paths
 from hostkv.hostkvd import VERSION, config, control
 from hostkv.hostkvd.daemon import Hostkvd
 from hostkv.hostkvd.sources.explicit import ExplicitSource
@@ -49,7 +50,7 @@ def parse_args(argv):
                    help="a guest channel socket to serve (repeatable; disables libvirt mode)")
     p.add_argument("--channel-dir", action="append", default=[], metavar="DIR",
                    help="serve every socket in DIR (rescanned; disables libvirt mode)")
-    p.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default qemu:///system)")
+    p.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default %s)" % paths.LIBVIRT_URI)
     p.add_argument("--port-name", default=protocol.DEFAULT_PORT_NAME)
     p.add_argument("--control-socket", default=control.DEFAULT_PATH)
     p.add_argument("--host-id", default=None)
@@ -63,7 +64,7 @@ def make_source(args):
     if args.channel or args.channel_dir:
         return ExplicitSource(args.channel, args.channel_dir)
     from hostkv.hostkvd.sources.libvirt_source import LibvirtSource  # needs libvirt-python
-    return LibvirtSource(args.connect or "qemu:///system", port_name=args.port_name)
+    return LibvirtSource(args.connect or paths.LIBVIRT_URI, port_name=args.port_name)
 
 
 async def serve(args):

@@ -6,24 +6,33 @@
     host_id = rack12-node3     # optional; default: libvirt's host UUID or one derived from the host
     [host]
     host.rack = r12
+    row = 3                    # a bare name (no dot) is short for host.row, as in `hostkvctl host set`
     host.note = "  a JSON string keeps leading spaces, \\n newlines and \\"quotes\\""
 
-Values are the rest of the line after '=', stripped; a value that starts with '"' is parsed as a
-JSON string.  There are no inline comments in values ('#' is a normal character there).
-Edits (:func:`update_host_keys`) rewrite the file atomically (temp file, fsync, rename), keep
-every comment and unrelated line, and validate before anything is written.
+Lines end at LF (CR LF works too); values are the rest of the line after '=', stripped; a value
+that starts with '"' is parsed as one JSON string.  There are no inline comments in values ('#'
+is a normal character there).  Keys and values follow :mod:`hostkv.common.entries` (one rule
+with the protocol, hostkvctl, koan and the Cobbler plugin); ``publish_hostname`` takes the
+boolean words of :mod:`hostkv.common.options` (not empty).  Every value the rule allows
+round-trips: :func:`format_value` writes plain text where that reads back unchanged and a JSON
+string (with ``\\uXXXX`` for C1 controls and line/paragraph separators) otherwise.
+
+Edits (:func:`update_host_keys`) rewrite the file atomically and durably
+(:func:`hostkv.common.atomic.write_atomic`), keep every comment and unrelated line (and the
+spelling of the keys they change), and validate before anything is written.
 """
 
 import json
-import os
-import tempfile
+import re
 
+from hostkv.common import atomic, entries, options, paths
 from hostkv import protocol
 
-DEFAULT_PATH = "/etc/hostkv/hostkvd.conf"
-_BOOL = {"yes": True, "true": True, "on": True, "1": True,
-         "no": False, "false": False, "off": False, "0": False}
+DEFAULT_PATH = paths.HOSTKVD_CONFIG
 DAEMON_OPTIONS = ("publish_hostname", "host_id")
+# Characters a plain (unquoted) value may not hold: controls, C1 controls, line/paragraph
+# separators (an editor may break a line there); a quoted value writes them as \uXXXX.
+_UNSAFE_RAW = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ConfigError(ValueError):
@@ -59,15 +68,47 @@ def _parse_value(raw, where):
 def format_value(value):
     """The config-file spelling of ``value`` (quoted only when plain text would not round-trip)."""
     plain = (value == value.strip() and value != "" and not value.startswith('"')
-             and all(c >= " " and c != "\x7f" for c in value))
-    return value if plain else json.dumps(value, ensure_ascii=False)
+             and not _UNSAFE_RAW.search(value))
+    if plain:
+        return value
+    return _UNSAFE_RAW.sub(lambda m: "\\u%04x" % ord(m.group()), json.dumps(value, ensure_ascii=False))
+
+
+def _lines(text):
+    """The file's lines: split at LF only (a value may hold any other separator), CR LF accepted."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def host_key(name, where):
+    """The full host.* key a [host] line's name stands for (bare names get host.), or ConfigError."""
+    try:
+        return entries.scoped_key(name, "host")
+    except entries.EntryError as err:
+        if err.code == "bad-scope":
+            raise ConfigError("%s: only host.* keys belong in [host]: %s" % (where, err))
+        raise ConfigError("%s: %s" % (where, err))
+
+
+def _publish_hostname(value, where):
+    word = options.bool_word(value)
+    if word:
+        try:
+            return options.parse_bool("publish_hostname", value)
+        except options.OptionError:
+            pass
+    raise ConfigError("%s: publish_hostname must be yes or no (boolean words: %s and %s), not %r"
+                      % (where, "/".join(options.TRUE_WORDS), "/".join(w for w in options.FALSE_WORDS if w),
+                         value[:20]))
 
 
 def parse(text, path="<config>"):
     """Parse config text; raise ConfigError naming ``path:line`` for the first problem."""
     cfg = Config(path=path)
     section = None
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         where = "%s:%d" % (path, lineno)
         stripped = line.strip()
         if not stripped or stripped[0] in "#;":
@@ -88,9 +129,7 @@ def parse(text, path="<config>"):
             raise ConfigError("%s: %r is outside any section ([daemon] or [host])" % (where, name[:60]))
         if section == "daemon":
             if name == "publish_hostname":
-                if value.lower() not in _BOOL:
-                    raise ConfigError("%s: publish_hostname must be yes or no, not %r" % (where, value[:20]))
-                cfg.publish_hostname = _BOOL[value.lower()]
+                cfg.publish_hostname = _publish_hostname(value, where)
             elif name == "host_id":
                 try:
                     cfg.host_id = protocol.validate_host_id(value)
@@ -100,25 +139,23 @@ def parse(text, path="<config>"):
                 raise ConfigError("%s: unknown option %r in [daemon] (known: %s)"
                                   % (where, name[:40], ", ".join(DAEMON_OPTIONS)))
             continue
+        key = host_key(name, where)
         try:
-            protocol.validate_key(name)
-            if not name.startswith("host."):
-                raise protocol.ProtocolError("bad-scope", "only host.* keys belong in [host], not %r" % name)
-            protocol.validate_value(name, value)
-        except protocol.ProtocolError as err:
+            entries.validate_value(key, value)
+        except entries.EntryError as err:
             raise ConfigError("%s: %s" % (where, err))
-        if name in cfg.host_values:
-            raise ConfigError("%s: %s is set twice" % (where, name))
-        cfg.host_values[name] = value
-    if len(cfg.host_values) > protocol.MAX_KEYS - 2:
-        raise ConfigError("%s: %d host keys, the limit is %d" % (path, len(cfg.host_values), protocol.MAX_KEYS - 2))
+        if key in cfg.host_values:
+            raise ConfigError("%s: %s is set twice" % (where, key))
+        cfg.host_values[key] = value
+    if len(cfg.host_values) > entries.MAX_KEYS - 2:
+        raise ConfigError("%s: %d host keys, the limit is %d" % (path, len(cfg.host_values), entries.MAX_KEYS - 2))
     return cfg
 
 
 def load(path):
     """Load ``path``; a missing file is an empty config (built-ins only)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="") as f:   # lines end at LF only: see _lines
             text = f.read()
     except FileNotFoundError:
         return Config(path=path)
@@ -127,49 +164,23 @@ def load(path):
     return parse(text, path)
 
 
-def atomic_write(path, text, mode=0o644):
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def update_host_keys(path, set_values=None, unset=()):
     """Set and/or remove host.* keys in the config at ``path``, atomically; returns the new Config.
 
-    Keeps comments and other lines.  Validates the result before writing: on any error nothing
-    changes on disk and ConfigError/ProtocolError is raised.
+    ``set_values``/``unset`` name full host.* keys; a line of the file is matched by the key it
+    stands for (``rack = ...`` is host.rack).  Keeps comments and other lines.  Validates the
+    result before writing: on any error nothing changes on disk and ConfigError/EntryError is raised.
     """
     set_values = dict(set_values or {})
     for key, value in set_values.items():
-        protocol.validate_key(key)
-        if not key.startswith("host."):
-            raise protocol.ProtocolError("bad-scope", "only host.* keys can be set on the host, not %s" % key)
-        protocol.validate_value(key, value)
+        entries.validate_entry(key, value, scope="host")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
     except FileNotFoundError:
-        lines = []
-    parse("\n".join(lines), path)  # refuse to edit a file that is already broken
+        text = ""
+    parse(text, path)  # refuse to edit a file that is already broken
+    lines = _lines(text)
 
     out, section, seen_host = [], None, False
     remaining = dict(set_values)
@@ -187,10 +198,11 @@ def update_host_keys(path, set_values=None, unset=()):
             seen_host = seen_host or section == "host"
         elif section == "host" and "=" in stripped and stripped[0] not in "#;":
             name = stripped.split("=", 1)[0].strip()
-            if name in unset:
+            key = entries.scoped_key(name, "host")      # the file parsed: the name is valid
+            if key in unset:
                 continue
-            if name in remaining:
-                out.append("%s = %s" % (name, format_value(remaining.pop(name))))
+            if key in remaining:
+                out.append("%s = %s" % (name, format_value(remaining.pop(key))))
                 continue
         out.append(line)
     if remaining and not seen_host:
@@ -198,25 +210,6 @@ def update_host_keys(path, set_values=None, unset=()):
     flush()
     text = "\n".join(out) + "\n"
     cfg = parse(text, path)
-    remove_stale_temps(path)
-    atomic_write(path, text)
+    atomic.remove_stale_temps(path)
+    atomic.write_atomic(path, text, mode=0o644, makedirs=True)
     return cfg
-
-
-def remove_stale_temps(path):
-    """Remove temp files a killed :func:`atomic_write` of ``path`` left behind (``.NAME.XXXXXXXX``).
-
-    Only for files with a single writer (hostkvd's config: hostkvctl edits it through hostkvd).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = ".%s." % os.path.basename(path)
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix) and len(name) == len(prefix) + 8:   # mkstemp's 8 random chars
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass

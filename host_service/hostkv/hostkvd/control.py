@@ -19,11 +19,12 @@ import socket
 import struct
 
 from hostkv import protocol
+from hostkv.common import paths
 from hostkv.hostkvd import config
 
 log = logging.getLogger("hostkvd.control")
 
-DEFAULT_PATH = "/run/hostkv/hostkvd.sock"
+DEFAULT_PATH = paths.HOSTKVD_CONTROL_SOCKET
 MAX_REQUEST = 64 * 1024
 
 

@@ -124,9 +124,11 @@ def _carry_over(previous, new):
 
 
 def _swap_link(link, target):
-    """Point ``link`` at ``target`` with one rename(2); a plain directory there is moved aside once."""
+    """Point ``link`` at ``target`` with one rename(2); a plain directory there is moved aside once
+    (into a fresh ``.hostkv-tmp-old-*`` directory, removed by :func:`_cleanup`)."""
     if os.path.isdir(link) and not os.path.islink(link):
-        os.rename(link, tempfile.mktemp(prefix=TMP_PREFIX + "old-", dir=os.path.dirname(link)))
+        aside = tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=os.path.dirname(link))
+        os.rename(link, os.path.join(aside, LINK_NAME))
     tmp_link = link + ".hostkv-swap-%d" % os.getpid()
     if os.path.lexists(tmp_link):
         os.unlink(tmp_link)

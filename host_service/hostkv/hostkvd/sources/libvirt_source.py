@@ -30,7 +30,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 from hostkv import protocol
-from hostkv.hostkvd import domain_xml
+from hostkv.common import domain_xml, paths
 
 log = logging.getLogger("hostkvd.libvirt")
 
@@ -91,7 +91,7 @@ def host_uuid_from_capabilities(caps_xml):
 class LibvirtSource(object):
     """Serves the hostkv channel of every running libvirt domain that has one (module docstring)."""
 
-    def __init__(self, uri="qemu:///system", port_name=protocol.DEFAULT_PORT_NAME, set_host_id=True,
+    def __init__(self, uri=paths.LIBVIRT_URI, port_name=protocol.DEFAULT_PORT_NAME, set_host_id=True,
                  backoff_min=0.2, backoff_max=5.0, probe_timeout=PROBE_TIMEOUT):
         self.uri = uri
         self.probe_timeout = probe_timeout   # 0/None: no probe before connecting

@@ -1,9 +1,9 @@
-"""Unit tests of hostkv.hostkvd.domain_xml: channel discovery, metadata, enable/disable planning."""
+"""Unit tests of hostkv.common.domain_xml: channel discovery, metadata, enable/disable planning."""
 import libvirt
 import pytest
 
 from hostkv import protocol
-from hostkv.hostkvd import domain_xml as dx
+from hostkv.common import domain_xml as dx, entries
 
 LIVE = """<domain type='kvm' id='7'>
   <name>web1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
@@ -70,9 +70,9 @@ def test_metadata_only_our_namespace_and_valid_keys():
 def test_metadata_element_roundtrip_and_validation():
     values = {"vm.role": "web <&> \"x\"", "vm.n": "ünï"}
     assert dx.parse_metadata_element(dx.metadata_element(values)) == (values, [])
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(entries.EntryError):
         dx.metadata_element({"host.x": "1"})
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(entries.EntryError):
         dx.metadata_element({"vm.x": "y" * (protocol.MAX_VALUE_BYTES + 1)})
 
 
