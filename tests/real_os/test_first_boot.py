@@ -34,7 +34,9 @@ def test_first_boot_udev_starts_the_agent_and_a_user_reads_the_host(realos_hosts
     unit = device_unit(g)
     assert g.unit_property(unit, "ActiveState") == "active"
     assert "hostkv-agent.service" in g.unit_property(unit, "Wants").split()
-    assert unit in g.unit_property("hostkv-agent.service", "WantedBy").split()
+    wanted_by = [u.strip('"').replace("\\\\", "\\")        # `systemctl show` quotes escaped names
+                 for u in g.unit_property("hostkv-agent.service", "WantedBy").split()]
+    assert unit in wanted_by, wanted_by
 
     assert g.sh("systemctl is-active hostkv-agent")["stdout"].strip() == "active"
     g.wait_key("host.hostname", a.hostname, timeout=60)
