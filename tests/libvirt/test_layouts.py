@@ -34,8 +34,7 @@ def test_layout_sockets_and_default_uri_inside_the_host(lv_pairs, layout):
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["qemu:///system", a.hostname]
     # hostkvd there was started with --connect qemu:///system and found libvirt through it
-    hostkvd = a.hostkvds[-1]
-    assert "connected (host %s)" % a.hostname in hostkvd.log()
+    a.hostkvds[-1].wait_log("qemu:///system: connected (host %s)" % a.hostname, timeout=60)
     # hostkvctl inside the host, default URI (no --connect)
     env = ["env", "PYTHONPATH=" + lh.PYTHONPATH]
     res = a.run_in_ns(env + [lh.PYTHON, "-m", "hostkv.hostkvctl", "--control-socket",
