@@ -31,6 +31,10 @@ for pkg in "$@"; do
     loc=$(/usr/bin/dnf -q repoquery --location --installroot="%(root)s" --releasever=9 \
           --setopt=reposdir=/etc/yum.repos.d --setopt=cachedir="%(work)s/dnf-cache" "$pkg") || exit 1
     [ -n "$loc" ] || { echo "dnf adapter: no package $pkg in the configured repos" >&2; exit 1; }
+    case "$loc" in http://*|https://*|ftp://*)
+        command -v curl >/dev/null || { echo "dnf adapter: rpm fetches $loc with curl, which is not" \
+            "installed (Debian package curl: scripts/apt-packages.txt)" >&2; exit 1; } ;;
+    esac
     /usr/bin/rpm --root "%(root)s" -i --nodeps "$loc" || exit 1
 done
 """

@@ -6,6 +6,7 @@ into the namespace's Cobbler, cobblerd is restarted, and everything is driven th
 The last test uninstalls and checks that exactly what the install added is gone.
 """
 
+import glob
 import os
 import re
 import subprocess
@@ -354,6 +355,10 @@ def test_why_pre_a_raising_post_trigger_does_not_reject(objects):
         assert os.path.isfile(s.path("/var/lib/cobbler/collections/systems/hk-probe1.json"))
     finally:
         os.unlink(probe)
+        # cobblerd's import compiled it (where PYTHONDONTWRITEBYTECODE is not set, as on a fresh
+        # machine): leave nothing behind in Cobbler's modules dir
+        for pyc in glob.glob(os.path.join(os.path.dirname(probe), "__pycache__", "hk_probe_post.*.pyc")):
+            os.unlink(pyc)
         s.restart()
         if "hk-probe1" in s.xmlrpc.get_item_names("system"):
             s.cli(["system", "remove", "--name=hk-probe1"])

@@ -27,8 +27,13 @@ from hostkv.hostkvctl import control_client  # noqa: E402
 
 
 def uts_prefix(hostname):
-    """Run the command in a new UTS namespace whose host name is ``hostname``."""
-    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && shift && exec "$@"', hostname, "--"]
+    """Run the command as a simulated host named ``hostname``: a new UTS namespace with that host
+    name and a private mount namespace whose /etc/hosts names it (tests/harness/etc_hosts.py)."""
+    from tests.harness.etc_hosts import BIND_SH, hosts_text
+    script = ('hostname "$0" && HOSTS_FILE=$(mktemp) && printf "%s" "$1" > "$HOSTS_FILE" && '
+              'chmod 0644 "$HOSTS_FILE" && ' + BIND_SH + ' && rm -f "$HOSTS_FILE" && shift 2 && exec "$@"')
+    return ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script, hostname,
+            hosts_text(hostname), "--"]
 
 
 class HostkvdProcess(object):

@@ -5,7 +5,8 @@ Contract:
     and ``libvirtd`` inside its own ``unshare -m -u`` namespace.  The namespace sees private copies of
     ``/run`` (a fresh dir: pidfiles, ``/run/libvirt``, ``/run/hostkv``), ``/var/lib/libvirt``,
     ``/var/cache/libvirt``, ``/var/log/libvirt`` and ``/etc/libvirt`` (a copy of the machine's, with
-    its own ``host_uuid`` and ``stdio_handler = "file"``); its UTS host name is ``hostname``.
+    its own ``host_uuid`` and ``stdio_handler = "file"``); its UTS host name is ``hostname``, and
+    its private ``/etc/hosts`` (tests/harness/etc_hosts.py) names it, so nothing resolves outward.
     Nothing of the machine's own libvirt state is touched; everything lives under ``basedir``.
   * From outside: ``host.uri`` (``qemu+unix:///system?socket=<basedir>/run/libvirt/libvirt-sock``),
     ``host.open()`` (a new libvirt connection), ``host.outside_path(p)`` (a path seen inside the
@@ -46,6 +47,8 @@ import sys
 import tempfile
 import time
 import uuid
+
+from tests.harness import etc_hosts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
@@ -116,10 +119,11 @@ mount --bind "$B/cache" /var/cache/libvirt
 mkdir -p /var/log/libvirt 2>/dev/null || true
 mount --bind "$B/log" /var/log/libvirt
 mount --bind "$B/etc" /etc/libvirt
+HOSTS_FILE="$B/hosts"; __BIND__
 hostname "$HN"
 echo ready
 exec sleep 2147483647
-"""
+""".replace("__BIND__", etc_hosts.BIND_SH)
 
 
 class LibvirtHost(object):
@@ -175,6 +179,7 @@ class LibvirtHost(object):
         os.chmod(self.basedir, 0o755)
         os.makedirs(os.path.join(self.basedir, "run"), mode=0o755)
         os.makedirs(os.path.join(self.basedir, "log"), mode=0o700)
+        etc_hosts.write_hosts(os.path.join(self.basedir, "hosts"), self.hostname)   # its own name, locally
         # Start from the machine's state so ownerships/permissions are what the packages made.
         shutil.copytree("/etc/libvirt", os.path.join(self.basedir, "etc"), symlinks=True)
         for src, sub in (("/var/lib/libvirt", "lib"), ("/var/cache/libvirt", "cache")):

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.koan.koan_env import KoanEnv, _project_site
+from tests.koan.koan_env import LAYOUTS, KoanEnv, _project_site
 
 WRAPPED = {
     "koan.app.Koan.get_data", "koan.app.Koan.get_install_tree_from_autoinst",
@@ -27,6 +27,14 @@ def env(tmp_path):
     return KoanEnv.create(str(tmp_path / "venv"))
 
 
+@pytest.fixture(params=LAYOUTS)
+def any_env(request, tmp_path):
+    """koan with each metadata layout found in the wild (pip wheel, EL RPM / legacy pip)."""
+    env = KoanEnv.create(str(tmp_path / "venv"), layout=request.param)
+    assert env.layout == request.param
+    return env
+
+
 def _status(env, **extra_env):
     res = env.hostkv_koan(["status", "--json"], **extra_env)
     return res.returncode, json.loads(res.stdout)
@@ -36,7 +44,8 @@ def _pth(env):
     return os.path.join(env.site, "hostkv_koan.pth")
 
 
-def test_install_status_uninstall_idempotent_and_exact(env):
+def test_install_status_uninstall_idempotent_and_exact(any_env):
+    env = any_env
     pristine = env.manifest()
     rc, st = _status(env)
     assert rc == 3 and st["installed"] is False
@@ -103,9 +112,9 @@ def test_disable_env_leaves_pieces_stock(env):
     assert st["wrapped"]["koan.app.Koan.get_data"] == "wrapped"
 
 
-def test_unknown_koan_version_refused_unless_forced(env):
-    meta = [os.path.join(env.site, d, "METADATA") for d in os.listdir(env.site)
-            if d.startswith("koan-") and d.endswith(".dist-info")][0]
+def test_unknown_koan_version_refused_unless_forced(any_env):
+    env = any_env
+    meta = env.metadata_file()
     with open(meta) as f:
         text = f.read()
     with open(meta, "w") as f:
@@ -126,10 +135,10 @@ def test_unknown_koan_version_refused_unless_forced(env):
     assert env.manifest() == pristine
 
 
-def test_koan_upgraded_to_unknown_version_after_install_runs_stock(env):
+def test_koan_upgraded_to_unknown_version_after_install_runs_stock(any_env):
+    env = any_env
     assert env.hostkv_koan(["install"]).returncode == 0
-    meta = [os.path.join(env.site, d, "METADATA") for d in os.listdir(env.site)
-            if d.startswith("koan-") and d.endswith(".dist-info")][0]
+    meta = env.metadata_file()
     with open(meta) as f:
         text = f.read()
     with open(meta, "w") as f:

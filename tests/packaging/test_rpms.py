@@ -262,6 +262,8 @@ def test_udev_rule(installed, tmp_path):
     # Syntax check by udev itself (Debian 12's udevadm has no `verify`): `udevadm test` parses all
     # rules files and names the file and line of any bad one.  Private namespace: our rule alone in
     # /etc/udev/rules.d, a throwaway /run (udevadm test writes /run/udev/data).
+    assert shutil.which("udevadm") and os.path.isdir("/etc/udev/rules.d"), \
+        "udevadm and /etc/udev/rules.d come with Debian's udev package (scripts/apt-packages.txt): not installed"
     rules_dir = tmp_path / "rules.d"
     rules_dir.mkdir()
     shutil.copy2(str(rule_file), str(rules_dir))

@@ -14,6 +14,10 @@ Contract:
     replies are bounded by a high-water mark, and a connection with too many bad frames is closed
     and retried after a growing penalty (1 s .. 60 s).  Memory per channel is bounded by
     MAX_GUEST_FRAME_BYTES + HIGH_WATER + one snapshot, whatever the guest sends.
+  * the reader yields the event loop after every chunk it reads (at most READ_CHUNK bytes), so one
+    turn of the loop spent on a channel is bounded in work, whatever the guest sends; status()
+    reports the largest turn seen (``turn_max``: bytes read, requests and errors handled, reply
+    bytes made) and the most reply bytes ever queued (``queued_max``), counted, not timed.
 """
 
 import asyncio
@@ -65,6 +69,8 @@ class Channel(object):
         self._penalty = 0.0
         self._bytes = TokenBucket(BYTE_RATE, BYTE_BURST)
         self._requests = TokenBucket(REQUEST_RATE, REQUEST_BURST)
+        self.turn_max = {"bytes": 0, "requests": 0, "errors": 0, "reply_bytes": 0}
+        self.queued_max = 0
 
     # ------------------------------------------------------------------ control
 
@@ -108,6 +114,7 @@ class Channel(object):
             "protocol_version": self.session.version, "generation": snap.generation if snap else None,
             "connects": self.connects, "pushes": self.pushes, "last_push": self.last_push,
             "requests": self.session.requests, "errors": self.session.errors, "refused": self.refused,
+            "turn_max": dict(self.turn_max), "queued_max": self.queued_max,
         }
 
     # ------------------------------------------------------------------ connection loop
@@ -176,10 +183,12 @@ class Channel(object):
                     break
                 if not data:
                     break
-                before = self.session.requests
+                before, errors_before = self.session.requests, self.session.errors
                 out = self.session.receive(data)
                 if out:
                     self._queue(out)
+                self._count_turn(len(data), self.session.requests - before,
+                                 self.session.errors - errors_before, len(out))
                 if self.session.errors >= MAX_ERRORS_PER_CONNECTION:
                     await self._flush(CLOSE_FLUSH_TIMEOUT)
                     return True
@@ -208,9 +217,17 @@ class Channel(object):
         except asyncio.TimeoutError:
             pass
 
+    def _count_turn(self, nbytes, requests, errors, reply_bytes):
+        t = self.turn_max
+        t["bytes"] = max(t["bytes"], nbytes)
+        t["requests"] = max(t["requests"], requests)
+        t["errors"] = max(t["errors"], errors)
+        t["reply_bytes"] = max(t["reply_bytes"], reply_bytes)
+
     def _queue(self, data):
         self._out.append(data)
         self._out_bytes += len(data)
+        self.queued_max = max(self.queued_max, self._out_bytes)
         self._idle.clear()
         self._wake.set()
 
