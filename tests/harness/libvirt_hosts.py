@@ -27,14 +27,15 @@ Layouts (``LibvirtHost(..., layout=...)``, default ``$HOSTKV_TEST_LIBVIRT_LAYOUT
   * ``"monolithic"`` -- as EL8 runs libvirt: ``libvirtd`` (+ ``virtlogd``), socket
     ``/run/libvirt/libvirt-sock``.
   * ``"modular"`` -- as EL9/EL10 run it: the QEMU driver's own daemon behind
-    ``/run/libvirt/virtqemud-sock`` (``-ro``, ``-admin``) + ``virtlogd``, and NO
-    ``/run/libvirt/libvirt-sock``, so a client's ``qemu:///system`` must resolve to virtqemud's
-    socket (libvirt's remote driver, mode "auto": virtqemud-sock if it exists, else libvirt-sock).
+    ``/run/libvirt/virtqemud-sock`` (``-ro``, ``-admin``) + ``virtlogd``, and ``virtproxyd``
+    behind the legacy ``/run/libvirt/libvirt-sock`` (``-ro``) for clients that name no driver
+    (e.g. ``openReadOnly(None)``).  A client's ``qemu:///system`` resolves to virtqemud's socket:
+    libvirt's remote driver in mode "auto" takes virtqemud-sock when it exists, else libvirt-sock.
     The daemon is ``virtqemud`` where the machine has it.  Debian 12 (libvirt 9.0) and even its
     bookworm-backports (11.3) are built without the modular daemons, so there the same sockets are
-    served by ``libvirtd`` (``unix_sock_dir`` moved to a private dir, the three ``virtqemud-*``
-    names linked to it): everything a client sees is EL9's layout; the daemon binary is not.
-    ``host.daemon`` names the daemon that really runs.
+    served by ``libvirtd`` (``unix_sock_dir`` moved to a private dir, EL9's socket names linked to
+    it): everything a client sees is EL9's layout; the daemon binary is not.  ``host.daemon``
+    names the daemon that really runs.
 
 Every failure to start raises :class:`HarnessError` with the daemon's log tail: tests fail loudly.
 """
@@ -259,15 +260,19 @@ class LibvirtHost(object):
             raise HarnessError("%s\n%s:\n%s" % (err, self.libvirtd_log, _tail(self.libvirtd_log)))
 
     def _link_modular_sockets(self, timeout):
-        """virtqemud-sock{,-ro,-admin} -> libvirtd's sockets in its private unix_sock_dir."""
+        """EL9's socket names -> libvirtd's sockets in its private unix_sock_dir: virtqemud's
+        three, and virtproxyd's libvirt-sock{,-ro} (virtproxyd-admin-sock on EL9)."""
         rundir = os.path.join(self.run_dir, "libvirt")
         wait_for(lambda: os.path.exists(os.path.join(rundir, _LIBVIRTD_SOCK_DIR, "libvirt-sock")),
                  timeout, interval=0.1, what="libvirtd's socket in %s" % _LIBVIRTD_SOCK_DIR)
-        for suffix in ("sock", "sock-ro", "admin-sock"):
-            link = os.path.join(rundir, "virtqemud-%s" % suffix)
+        links = [("virtqemud-%s" % sfx, "libvirt-%s" % sfx) for sfx in ("sock", "sock-ro", "admin-sock")]
+        links += [("libvirt-sock", "libvirt-sock"), ("libvirt-sock-ro", "libvirt-sock-ro"),
+                  ("virtproxyd-admin-sock", "libvirt-admin-sock")]
+        for name, target in links:
+            link = os.path.join(rundir, name)
             if os.path.lexists(link):
                 os.unlink(link)
-            os.symlink(os.path.join(_LIBVIRTD_SOCK_DIR, "libvirt-%s" % suffix), link)
+            os.symlink(os.path.join(_LIBVIRTD_SOCK_DIR, target), link)
 
     def _api_answers(self):
         import libvirt

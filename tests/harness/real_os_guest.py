@@ -124,8 +124,10 @@ class RealOsGuest(LibvirtGuest):
                                % (self.name, state["stdout"].strip(), failed["stdout"]))
         return time.monotonic() - t0
 
-    def journal(self, unit, since_cursor=None, priority="info"):
-        """[(priority, message)] of ``unit``'s journal lines of this boot, up to ``priority``."""
+    def journal(self, unit, since_cursor=None, priority="info", ident=None):
+        """[(priority, message)] of ``unit``'s journal lines of this boot, up to ``priority``;
+        only those logged under SYSLOG_IDENTIFIER ``ident`` if given (e.g. the service's own
+        lines, not systemd's "Started ..." about it)."""
         import json
         args = "journalctl -b -u %s -p %s -o json --no-pager" % (unit, priority)
         if since_cursor:
@@ -134,7 +136,8 @@ class RealOsGuest(LibvirtGuest):
         out = []
         for line in lines:
             rec = json.loads(line)
-            out.append((int(rec.get("PRIORITY", 6)), rec.get("MESSAGE")))
+            if ident is None or rec.get("SYSLOG_IDENTIFIER") == ident:
+                out.append((int(rec.get("PRIORITY", 6)), rec.get("MESSAGE")))
         return out
 
     def journal_cursor(self):

@@ -42,12 +42,12 @@ def test_first_boot_udev_starts_the_agent_and_a_user_reads_the_host(realos_hosts
     g.wait_key("host.hostname", a.hostname, timeout=60)
 
     # a normal login user reads it with the CLI
-    user = g.as_user("id -un; hostkv get host.hostname; hostkv get vm.role")
+    user = g.as_user("id -un; hostkv get host.hostname; echo; hostkv get vm.role")
     assert user["rc"] == 0, user
     assert user["stdout"].split() == [USER, a.hostname, "realos"], user
 
     # journald has the agent's lines with their priorities (the <N> prefix is parsed, not shown)
-    lines = g.journal("hostkv-agent", priority="info")
+    lines = g.journal("hostkv-agent", priority="info", ident="hostkv-agent")
     assert lines, g.sh("journalctl -b -u hostkv-agent --no-pager")
     assert all(not m.startswith("<") for _p, m in lines), lines
     assert any(p == 6 and m.startswith("info: hostkv-agent ") and " running; port " in m

@@ -43,7 +43,7 @@ def test_reboot_publishes_cache_stale_then_fresh_nothing_half_written(realos_hos
         lh.wait_for(lambda: g.exec.ping(3.0) and g.boot_id() != boot_id, 300, interval=1.0,
                     what="the guest to come back from the reboot")
         g.wait_booted()
-        early = g.published()
+        early = lh.wait_for(g.published, 60, what="the agent to publish after the reboot")
         assert early["stale"] is True and early["connected"] is False, early
         assert early["values"] == before["values"] and early["seq"] == before["seq"], (early, before)
         assert early["host_id"] == before["host_id"]

@@ -92,3 +92,6 @@ def test_upgrade_restarts_the_agent_values_stay_published_erase_removes_it(realo
                   "find /etc/systemd -name 'hostkv-agent*'")
     assert units == "", units
     assert g.sh("command -v hostkv")["rc"] != 0
+    # the port (this guest has one) no longer makes systemd want the erased unit
+    lh.wait_for(lambda: "SYSTEMD_WANTS" not in g.out("udevadm info --query=property /dev/virtio-ports/org.hostkv.0"),
+                30, what="udev to forget SYSTEMD_WANTS=hostkv-agent.service after the erase")
