@@ -43,7 +43,7 @@ def test_koan_creates_the_domain_and_the_real_os_guest_answers(koan_world, realo
         assert ex.run(sh="systemctl is-active hostkv-agent")["stdout"].strip() == "active"
         lh.wait_for(lambda: ex.run(cmd=["cat", "/run/hostkv/keys/host.hostname"])["stdout"]
                     == w.host.hostname, 60, what="the koan guest to publish the host's name")
-        user = ex.run(cmd=["runuser", "-l", "alice", "-c", "hostkv get host.hostname; hostkv get vm.role"])
+        user = ex.run(cmd=["runuser", "-l", "alice", "-c", "hostkv get host.hostname; echo; hostkv get vm.role"])
         assert user["rc"] == 0 and user["stdout"].split() == [w.host.hostname, "realweb"], user
     finally:
         w.remove_domain("rweb1")
