@@ -150,7 +150,12 @@ class Rig(object):
                          hotplug=self.hotplug)
 
     def port_event(self, revents=select.POLLIN):
-        return self.link.handle(99, revents, self.now)
+        """The port reports ``revents``; then what the loop does at once (the link reads on
+        after handing on complete frames: its deadline is then "now")."""
+        events = self.link.handle(99, revents, self.now)
+        while self.link.next_deadline() is not None and self.link.next_deadline() <= self.now:
+            events += self.link.tick(self.now)
+        return events
 
     # the six inputs, each through what really causes it
     def plug(self):
@@ -361,3 +366,24 @@ def test_close_lets_the_host_see_the_guest_go():
     events = rig.link.close(rig.now)
     assert changes(events) == [(S.IN_SYNC, S.DISCONNECTED), (S.DISCONNECTED, S.NO_PORT)]
     assert rig.port.closed and rig.hotplug.sock is None
+
+
+def test_complete_frames_are_handed_on_before_the_read_that_finds_nothing_more():
+    """Edge-triggered: read until the port is empty - but a chunk ending on a frame boundary is
+    handed on first; the read that finds nothing (EAGAIN) comes right after, from tick()."""
+    rig = Rig()
+    rig.drive_to(S.IN_SYNC)
+    reads = []
+    real_read = rig.port.read
+    rig.port.read = lambda size=65536: reads.append(1) or real_read(size)
+    rig.port.inbox.append(protocol.encode(SNAP.to_frame(), protocol.MAX_SNAPSHOT_BYTES))
+    events = rig.link.handle(99, select.POLLIN, rig.now)
+    assert [type(e) for e in events] == [SnapshotArrived] and len(reads) == 1
+    assert rig.link.next_deadline() == rig.now                 # come back at once
+    assert rig.link.tick(rig.now) == [] and len(reads) == 2    # ... and find nothing more
+    assert rig.link.next_deadline() is None
+    # a chunk that ends inside a frame: read on at once
+    frame = protocol.encode(SNAP.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
+    rig.port.inbox.extend([frame[:10], frame[10:]])
+    events = rig.link.handle(99, select.POLLIN, rig.now)
+    assert [type(e) for e in events] == [SnapshotArrived] and len(reads) == 4

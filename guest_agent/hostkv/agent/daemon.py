@@ -160,7 +160,8 @@ class Agent(object):
         self._resume(self.requests.tick(now))
         self.store.tick(now)
         wanted = {self._wake_r: (select.EPOLLIN, None)}
-        for fd, (events, edge, owner) in self.link.watched().items():
+        link_fds = self.link.watched()
+        for fd, (events, edge, owner) in link_fds.items():
             wanted[fd] = (_epoll_mask(events, edge), owner)
         for fd, (events, owner) in self.control.watched().items():
             wanted[fd] = (_epoll_mask(events, False), owner)
@@ -176,16 +177,15 @@ class Agent(object):
             raise
         self.wakeups += 1
         now = self.clock()
-        link_fds = self.link.watched()
         for fd, revents in ready:
-            if fd == self._wake_r:
+            if fd in link_fds:                     # first: the port (the path to the readers)
+                self._on_link(self.link.handle(fd, revents, now))
+            elif fd == self._wake_r:
                 try:
                     while os.read(self._wake_r, 512):
                         pass
                 except OSError:
                     pass
-            elif fd in link_fds:
-                self._on_link(self.link.handle(fd, revents, now))
             elif self.control.owns(fd):
                 self._on_control(self.control.on_event(fd, revents), now)
 

@@ -20,7 +20,9 @@ retry and the requests' ids belong to the ``protocol.GuestSession`` the link own
 Waiting: :meth:`Link.watched` says which fds the loop must wait on (the port edge-triggered for
 its whole life when ``port.wakes``; the uevent socket while there is no port) and
 :meth:`Link.next_deadline` when :meth:`Link.tick` is due (None: nothing timed - a host that is
-away, or connected and quiet, costs no wakeups).  A port that does not wake (``wakes`` False)
+away, or connected and quiet, costs no wakeups).  Edge-triggered means reading until the port
+has nothing more; a read that ends on a frame boundary is handed on first and the rest read
+right after (``next_deadline`` is then "now").  A port that does not wake (``wakes`` False)
 is probed on a backoff of 50 ms doubling to 1 s while the host is away, as before.
 """
 
@@ -375,6 +377,12 @@ class Link(object):
             if read_at is None:
                 read_at = self.clock()
             chunks.append(data)
+            if data.endswith(b"\n"):
+                # complete frames: hand them on now and read on right after (the loop comes
+                # back at once): the read that finds nothing more (EAGAIN, an exception, cold
+                # code after a migration) then costs the readers nothing
+                self._more = True
+                break
         else:
             self._more = True
         if chunks:

@@ -121,19 +121,23 @@ def _write_new(path, data, mode=0o644, chmod=True):
         os.close(fd)
 
 
-def _number(x):
-    return float.__repr__(x) if isinstance(x, float) else int.__repr__(x)
+def _seconds(t):
+    """A Unix time as a JSON number with microseconds, by integer arithmetic (float repr's
+    shortest-digits algorithm is a lot of code to run cold after a migration)."""
+    us = int(round(t * 1000000))
+    return "%d.%06d" % (us // 1000000, us % 1000000)
 
 
 def values_json_text(record):
-    """values.json's text: exactly ``json.dumps(record.to_json(), ensure_ascii=False,
-    sort_keys=True)`` (a unit test holds it to that), rendered without the encoder's
-    machinery: only its C string escaping."""
+    """values.json's text, rendered without the JSON encoder's machinery (only its C string
+    escaping): the same document as ``json.dumps(record.to_json(), ensure_ascii=False,
+    sort_keys=True)`` - byte for byte except that ``received_at`` has six decimals (a unit test
+    holds it to that)."""
     values = record.values
     return ('{"connected": %s, "generation": %d, "host_id": %s, "received_at": %s, "seq": %d, '
             '"stale": %s, "values": {%s}}') % (
         "true" if record.connected else "false", record.generation, _encode_string(record.host_id),
-        _number(record.received_at), record.seq, "true" if record.stale else "false",
+        _seconds(record.received_at), record.seq, "true" if record.stale else "false",
         ", ".join([_encode_string(k) + ": " + _encode_string(values[k]) for k in sorted(values)]))
 
 
@@ -200,6 +204,7 @@ class Publisher(object):
         self._next_keys = ()
         self._current = _UNKNOWN     # the name ``current`` points to, as this publisher left it
         self._spare = None           # a _Spare for the next seq, made by cleanup()
+        self._unfinished = None      # (fds, doc fd, record) of a publication finish() completes
         umask = os.umask(0o022)
         os.umask(umask)
         # made by us: readable by all (an admin may narrow it); no chmod needed if the umask
@@ -221,6 +226,7 @@ class Publisher(object):
 
     def close(self):
         """Release the spare's open files (the agent stops); the dir is removed at the next start."""
+        self.finish()
         if self._spare is not None:
             self._spare.close()
             self._spare = None
@@ -240,6 +246,7 @@ class Publisher(object):
         :meth:`cleanup` (so a caller can answer its readers first); the next publish cleans
         up in any case.
         """
+        self.finish()
         values = protocol.validate_values(record.values)   # keys become file names: re-check
         # the run dir is this agent's alone: after prepare() ``current`` is known without a
         # readlink (one system call less on the path to the readers)
@@ -285,23 +292,26 @@ class Publisher(object):
             self._close_all(opened)
             rmtree(path)
             raise
-        try:
-            if previous is None:
-                # the stable links before the very first switch (dangling until then), so that
-                # once ``current`` exists every documented path resolves; later they are only
-                # checked (and repaired if someone removed one) by cleanup(), after the switch
+        if previous is None:
+            # the stable links before the very first switch (dangling until then), so that
+            # once ``current`` exists every documented path resolves; later they are only
+            # checked (and repaired if someone removed one) by cleanup(), after the switch
+            try:
                 self._ensure_links()
-            self._current = _UNKNOWN
+            except BaseException:
+                self._close_all(opened)
+                rmtree(path)
+                raise
+        self._current = _UNKNOWN
+        try:
             self._swap(name, spare.link if spare is not None else None)
-            self._current = name
-            # the spare dir was made earlier: if something removed it meanwhile, ``current``
-            # now names nothing - publish again at once into a fresh dir (checked after the
-            # switch, where it costs the readers nothing in the normal case)
-            gone = spare is not None and os.fstat(doc_fd).st_nlink == 0
-        finally:
-            self._close_all(opened)      # after the switch: the files are complete once written
-        if gone:
-            return self.publish(record, cleanup)
+        except BaseException:
+            self._close_all(opened)
+            raise
+        self._current = name
+        # closing the files and checking the spare was not removed meanwhile wait for
+        # finish() (cleanup() calls it): after the switch, off the readers' path
+        self._unfinished = (opened, doc_fd if spare is not None else None, record)
         self.last_text = text
         keep = set([name])
         if previous:
@@ -312,6 +322,22 @@ class Publisher(object):
         if cleanup:
             self.cleanup()
         return name
+
+    def finish(self):
+        """The end of the last publication: close its files; if its spare dir had been removed
+        by someone since it was made (``current`` would name nothing), publish again."""
+        if self._unfinished is None:
+            return
+        opened, doc_fd, record = self._unfinished
+        self._unfinished = None
+        try:
+            gone = doc_fd is not None and os.fstat(doc_fd).st_nlink == 0
+        finally:
+            self._close_all(opened)
+        if gone:
+            self._spare = None
+            self.publish(record, cleanup=False)
+            self.finish()
 
     def _swap(self, name, link):
         """Point ``current`` at snapshots/<name>: rename ``link`` (made ahead) over it."""
@@ -337,6 +363,7 @@ class Publisher(object):
         """The deferred part of :meth:`publish`: check the stable links, remove every
         snapshot dir but the current and previous one, and temporary links; then make the
         next seq's spare dir (never ``current`` before it is full)."""
+        self.finish()
         if self._keep is None:
             return
         self._ensure_links()
