@@ -6,9 +6,11 @@ Contract (used by migration_latency.py and libvirt_migration.py):
   * ``FloorWriter(path, line)`` is the minimal host side: a thread connects to the chardev socket
     ``path`` as soon as it exists and writes ``line + "\\n"`` at once (what hostkvd does with its
     snapshot on connect), then holds the connection until ``close()``.
-  * ``FLOOR_READER`` is the minimal guest side (run with ``python3 -c``): it finds the port through
-    sysfs, blocks in read() and writes ``<CLOCK_MONOTONIC> <line>`` to ``/tmp/floor.log`` for every
-    line - no parsing, no files before the time stamp.
+  * ``FLOOR_READER`` is the minimal guest side (``python3 FILE PORT_NAME [--console]``): it finds
+    the port through sysfs, blocks in read() and writes ``<CLOCK_MONOTONIC> <line>`` to
+    ``/tmp/floor.log`` for every line - no parsing, no files before the time stamp; with
+    ``--console`` it writes ``hostkv-floor: <line>`` to /dev/console instead (the libvirt bench
+    tails the console on the host).
   * ``STATUS_STAGES`` names the agent's per-publication time stamps (``hostkv status --json``,
     ``timings``) in path order; ``stage_split(timings, resumed_guest)`` turns them into ms after
     the resume.
@@ -38,7 +40,8 @@ while path is None:
     if path is None:
         time.sleep(0.1)
 fd = os.open(path, os.O_RDONLY)
-log = open('/tmp/floor.log', 'a', buffering=1)
+console = os.open('/dev/console', os.O_WRONLY) if '--console' in sys.argv else None
+log = None if console is not None else open('/tmp/floor.log', 'a', buffering=1)
 buf = b''
 while True:
     data = os.read(fd, 4096)
@@ -49,7 +52,11 @@ while True:
     buf += data
     while b'\n' in buf:
         line, buf = buf.split(b'\n', 1)
-        if line:
+        if not line:
+            continue
+        if console is not None:
+            os.write(console, b'\nhostkv-floor: ' + line + b'\n')
+        else:
             log.write('%.6f %s\n' % (t, line.decode()))
 """
 

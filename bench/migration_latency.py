@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import guest_clock  # noqa: E402
 from bench.floor import (FLOOR_PORT, STATUS_STAGES, FloorWriter, percentile, read_floor_log,  # noqa: E402
                          stage_split, start_floor_reader)
 from tests.harness import accel  # noqa: E402
@@ -64,17 +65,9 @@ while True:
 """
 
 
-def clock_offset(guest, samples=7):
-    """(guest_monotonic - host_realtime, error bound) from the exchange with the smallest RTT."""
-    best = None
-    for _ in range(samples):
-        t0 = time.time()
-        rc, out, err = guest.exec(["head", "-3", "/proc/timer_list"])
-        t1 = time.time()
-        g = int(out.split("now at ")[1].split()[0]) / 1e9    # the guest's CLOCK_MONOTONIC
-        if best is None or t1 - t0 < best[1]:
-            best = (g - (t0 + t1) / 2, t1 - t0)
-    return best[0], best[1] / 2
+def clock_offset(guest):
+    """(guest_monotonic - host_realtime, error bound)."""
+    return guest_clock.offset(lambda argv: guest.exec(argv)[1], host_clock=time.time)
 
 
 def migrate_quietly(src, dst, quiet):
