@@ -18,7 +18,9 @@ away, or connected with nothing changing, costs no wakeups at all.
 
 A snapshot goes: bytes read -> parsed (link) -> published, ``current`` swapped (store.apply) ->
 watchers answered (requests.on_change) -> History, cache fsync, old dirs (store.persist) ->
-hooks; the time of each step is kept for ``hostkv status --json`` (``timings``).
+hooks; the time of each step is kept for ``hostkv status --json`` (``timings``).  Python's
+automatic garbage collection is off while the loop runs (a collection could land on that path);
+the loop collects after each publication and each closed control client instead.
 """
 
 import errno
@@ -116,12 +118,19 @@ class Agent(object):
             self.start()
             if hasattr(gc, "freeze"):        # 3.7+: start-up objects are never scanned again
                 gc.freeze()
+            # no automatic collection in the middle of a snapshot's way to the readers: the
+            # loop collects itself, after each publication and each closed client (only when
+            # the agent is the process: in a thread it must not change its host's GC)
+            if in_main:
+                gc.disable()
             self.log.info("hostkv-agent %s running; port %s, publishing to %s",
                           VERSION, self.cfg.device or self.cfg.port_name, self.cfg.run_dir)
             self._on_link(self.link.start(self.clock()))
             while not self._stop:
                 self._iterate()
         finally:
+            if in_main:
+                gc.enable()
             self._shutdown()
             if in_main:
                 signal.set_wakeup_fd(-1)
@@ -245,6 +254,7 @@ class Agent(object):
         self.hooks.submit(record.seq, changed, host_changed, record.host_id, "change")
         t["hooks_at"] = self.clock()
         self._resume(answered)
+        gc.collect()
         self.log.info("seq %d: host %r generation %d, %d keys, changed: %s%s (bytes -> parsed %.1f ms, "
                       "swapped %.1f ms, watchers answered %.1f ms, cached %.1f ms)",
                       record.seq, record.host_id, record.generation, len(record.values),
@@ -260,6 +270,7 @@ class Agent(object):
             event = queue.pop(0)
             if isinstance(event, ClientClosed):
                 self.requests.client_closed(event.client)
+                gc.collect()                       # (automatic collection is off, see run())
                 continue
             reply = self.requests.handle(event.client, event.request, now)
             if reply is not None:
