@@ -186,6 +186,8 @@ class Agent(object):
             raise
         self.wakeups += 1
         now = self.clock()
+        if len(ready) > 1:
+            ready.sort(key=lambda item: item[0] not in link_fds)
         for fd, revents in ready:
             if fd in link_fds:                     # first: the port (the path to the readers)
                 self._on_link(self.link.handle(fd, revents, now))
