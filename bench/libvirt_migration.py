@@ -54,13 +54,11 @@ from tests.harness.guest_image import build_guest_image  # noqa: E402
 GUEST_WATCHER = r"""
 import json, os, socket, time
 con = os.open("/dev/console", os.O_WRONLY)
-seq = None
+seq = 0                      # since 0: the first answer is at once, with the current value
 while True:
     try:
         s = socket.socket(socket.AF_UNIX); s.connect("/run/hostkv/agent.sock"); f = s.makefile("rwb")
-        req = {"op": "watch", "key": "host.hostname"}
-        if seq is not None:
-            req["since"] = seq
+        req = {"op": "watch", "key": "host.hostname", "since": seq}
         f.write((json.dumps(req) + "\n").encode()); f.flush()
         r = json.loads(f.readline()); s.close()
     except (OSError, ValueError):
