@@ -74,16 +74,22 @@ FLOOR_CHANNEL = ("<channel type='unix'><source mode='bind'/><target type='virtio
 
 
 class ConsoleTail(object):
-    """Follows the guest's console log file; ``wait_for(text)`` returns when ``text`` appears."""
+    """Follows the guest's console log file.  ``wait_for(text)`` returns when ``text`` appears;
+    ``wait_for_all(texts)`` returns {text: when it first appeared} once all have (one pass over
+    the file for all of them: a marker that comes first is timed when it comes, not when it is
+    looked for)."""
 
     def __init__(self, path):
         self.path = path
         self.offset = os.path.getsize(path)
 
     def wait_for(self, text, timeout=30.0, interval=0.001):
+        return self.wait_for_all([text], timeout, interval)[text]
+
+    def wait_for_all(self, texts, timeout=30.0, interval=0.001):
         deadline = time.monotonic() + timeout
         buf = b""
-        needle = text.encode()
+        seen = {}
         with open(self.path, "rb") as f:
             while True:
                 f.seek(self.offset)
@@ -92,10 +98,13 @@ class ConsoleTail(object):
                     now = time.monotonic()
                     self.offset += len(chunk)
                     buf += chunk
-                    if needle in buf:
-                        return now
+                    for text in texts:
+                        if text not in seen and text.encode() in buf:
+                            seen[text] = now
+                    if len(seen) == len(texts):
+                        return seen
                 if time.monotonic() > deadline:
-                    raise RuntimeError("console never showed %r" % text)
+                    raise RuntimeError("console never showed %r" % [t for t in texts if t not in seen])
                 time.sleep(interval)
 
 
@@ -249,11 +258,11 @@ def main():
                 done["call"] = (t0, time.monotonic())
 
             tail = ConsoleTail(g.console_log)
-            floor_tail = ConsoleTail(g.console_log)
             th = threading.Thread(target=do_migrate)
             th.start()
-            t_visible = tail.wait_for("hostkv-bench: host.hostname=%s\r" % dst.hostname, timeout=120)
-            t_floor = floor_tail.wait_for("hostkv-floor: floor-%d\r" % (i + 1), timeout=120)
+            marks = ("hostkv-bench: host.hostname=%s\r" % dst.hostname, "hostkv-floor: floor-%d\r" % (i + 1))
+            seen = tail.wait_for_all(marks, timeout=120)
+            t_visible, t_floor = seen[marks[0]], seen[marks[1]]
             t_resumed = watcher.wait(dst.name, g.name, timeout=120)
             floor_writer.close()
             floor_writer = next_floor
