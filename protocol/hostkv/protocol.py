@@ -273,6 +273,8 @@ ERROR_CODES = {
     "bad-token": ("sent", "sync: the token is not 1-64 characters of [A-Za-z0-9_-]"),
     "bad-key": ("sent", "a key breaks the key rules (get, or a key in a snapshot)"),
     "not-found": ("sent", "get: this guest has no such key"),
+    "snapshot-undeliverable": ("sent", "no id: the host cannot deliver this guest's current values "
+                                       "(they break a limit); the guest marks what it has stale"),
     "bad-value": ("data", "a value is not a string of valid UTF-8"),
     "value-too-large": ("data", "a value is over 4096 bytes of UTF-8"),
     "bad-values": ("data", "values is not a JSON object"),
@@ -495,8 +497,25 @@ class HostSession(object):
         self.push()
 
     def push(self):
-        """Queue the current snapshot (the guest's values changed)."""
-        self._out.append(encode(self._get_snapshot().to_frame(), MAX_SNAPSHOT_BYTES))
+        """Queue the current snapshot (the guest's values changed).
+
+        Returns None when the snapshot was queued.  A snapshot that breaks a limit (too many keys,
+        a bad value, over the frame limit) is never sent: the guest gets a ``snapshot-undeliverable``
+        error frame without ``id`` instead (so it marks what it has stale, never presenting it as
+        current) and push returns that :class:`ProtocolError` for the caller to log and report."""
+        snap = self._get_snapshot()
+        try:
+            validate_host_id(snap.host_id)
+            validate_values(snap.values)
+            data = encode(snap.to_frame(), MAX_SNAPSHOT_BYTES)
+        except ProtocolError as err:
+            refusal = ProtocolError("snapshot-undeliverable",
+                                    "this guest's values cannot be delivered: %s" % err)
+            self._out.append(encode(error_frame(refusal.code, str(refusal)[:200]),
+                                    MAX_SNAPSHOT_BYTES))
+            return err
+        self._out.append(data)
+        return None
 
     def data_to_send(self):
         data = b"".join(self._out)

@@ -323,8 +323,10 @@ def test_graceful_stop_marks_data_stale(rig):
 def test_host_answering_every_sync_with_bad_data_does_not_make_us_spin(rig):
     """300 keys break the 256-key limit: every snapshot is refused and a resync started;
     the agent backs off instead of ping-ponging syncs with the host at full speed."""
+    from test_agent_support import UncheckedHostSession
     rig.host.snapshot = rig.host.snapshot.__class__(
         "hv1", 1, dict(("host.k%d" % i, "v") for i in range(300)))
+    rig.host.session = UncheckedHostSession(lambda: rig.host.snapshot)  # hostkvd refuses such data
     rig.start()
     rig.host.connect()
     time.sleep(2.0)

@@ -194,6 +194,13 @@ class FakeHotplug(object):
         pass
 
 
+class UncheckedHostSession(protocol.HostSession):
+    """A broken (or older) host: pushes its snapshot without checking it against the limits."""
+
+    def push(self):
+        self._out.append(protocol.encode(self._get_snapshot().to_frame(), protocol.MAX_SNAPSHOT_BYTES))
+
+
 class FakeHost(object):
     """The host service: a real HostSession on the host end of the link."""
 

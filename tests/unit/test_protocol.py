@@ -419,4 +419,21 @@ def test_sent_codes_are_the_ones_the_host_can_send():
               b'{"op":"sync","token":"a b"}', b'{"op":"get","key":"bad"}', b'{"op":"get","key":"vm.none"}']
     host.receive(b"\n".join(inputs) + b"\n")
     produced = set(f["code"] for f in frames(host.data_to_send()))
+    s["snap"] = snap(dict(("vm.k%d" % i, "v") for i in range(P.MAX_KEYS + 1)))
+    assert host.push() is not None
+    produced |= set(f["code"] for f in frames(host.data_to_send()))
     assert produced == set(code for code, (kind, _) in P.ERROR_CODES.items() if kind == "sent")
+
+
+def test_undeliverable_snapshot_is_never_sent_and_the_guest_is_told():
+    """Over a limit on the host side: no snapshot frame leaves, an id-less error says why."""
+    s, host, guest = host_and_guest({"host.a": "1"})
+    host.connect()
+    host.data_to_send()
+    s["snap"] = snap(dict(("vm.k%d" % i, "v") for i in range(P.MAX_KEYS + 1)))
+    err = host.push()
+    assert err is not None and err.code == "too-many-keys"
+    out = frames(host.data_to_send())
+    assert [f["op"] for f in out] == ["error"]
+    assert out[0]["code"] == "snapshot-undeliverable" and "id" not in out[0]
+    assert "256" in out[0]["message"] or "keys" in out[0]["message"]
