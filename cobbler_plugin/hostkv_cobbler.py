@@ -24,8 +24,8 @@ from the package's %posttrans on every upgrade):
 
 * the snippet and the template are configuration (like ``%config(noreplace)``; Fedora's cobbler
   package treats Cobbler's own snippets so): one that differs from what hostkv last installed there
-  (or that was there before hostkv) is kept; the new version is written beside it as
-  ``FILE.rpmnew``, and ``install`` says so on stdout.  Once the admin merges (or deletes theirs),
+  (or that was there before hostkv) is kept; if this version ships a different one, it is written
+  beside it as ``FILE.rpmnew``, and ``install`` says so on stdout.  Once the admin merges (or deletes theirs),
   the next ``install`` takes over again and removes the ``.rpmnew``;
 * modules are code (like a plain ``%config``): an edited module is replaced, and the admin's copy
   kept as ``FILE.rpmsave`` (not a ``.py``: Cobbler does not load it), said on stdout;
@@ -248,6 +248,8 @@ def install(args):
                 atomic.write_atomic(target, data)
                 changed += 1
             files[dst] = new
+        elif kind == CONFIG and new == ours:
+            files[dst] = ours           # an edit, and ours did not change: theirs stays (rpm: quiet)
         elif kind == CONFIG:
             # the admin's edit (or their own file of that name): theirs stays, ours goes beside it
             files[dst] = ours
