@@ -345,11 +345,19 @@ def uninstall(args):
 
 
 def status(args):
+    """Each installed file ok/modified/missing; exit 0 intact, 1 not intact, 3 not installed.
+    ``--json``: one object (``installed``, ``intact``, ``version``, ``files``: path, state, and
+    the ``.rpmnew`` beside it or null), with the same exit status."""
     manifest = load_manifest(args.root)
+    version = _shared_module("version").VERSION
     if manifest is None:
-        print("hostkv-cobbler: not installed")
+        if args.json:
+            _print_json({"installed": False, "intact": False, "version": version, "files": []})
+        else:
+            print("hostkv-cobbler: not installed")
         return 3
     bad = 0
+    files = []
     for dst, digest in sorted(manifest["files"].items()):
         target = _reroot(args.root, dst)
         if not os.path.isfile(target):
@@ -360,10 +368,19 @@ def status(args):
             state = "ok"
         bad += state != "ok"
         side = dst + ".rpmnew"
-        print("%-8s %s%s" % (state, dst, " (kept; the new version is %s)" % side
-                                          if side in manifest["rpmnew"] else ""))
+        files.append({"path": dst, "state": state, "rpmnew": side if side in manifest["rpmnew"] else None})
+    if args.json:
+        _print_json({"installed": True, "intact": not bad, "version": version, "files": files})
+        return 1 if bad else 0
+    for f in files:
+        print("%-8s %s%s" % (f["state"], f["path"], " (kept; the new version is %s)" % f["rpmnew"]
+                                                    if f["rpmnew"] else ""))
     print("hostkv-cobbler: installed, %s" % ("intact" if not bad else "%d files not intact" % bad))
     return 1 if bad else 0
+
+
+def _print_json(obj):
+    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def main(argv=None):
@@ -373,7 +390,10 @@ def main(argv=None):
     parser.add_argument("--settings", help="Cobbler's settings.yaml (default %s under --root)"
                         % SETTINGS)
     parser.add_argument("--cobbler-dir", help="Cobbler's package dir (default: import cobbler)")
+    parser.add_argument("--json", action="store_true", help="status: print one JSON object")
     args = parser.parse_args(argv)
+    if args.json and args.action != "status":
+        parser.error("--json goes with status")
     if args.root:
         args.root = os.path.abspath(args.root)
     try:

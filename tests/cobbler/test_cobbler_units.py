@@ -253,6 +253,11 @@ def tree(root):
     return out
 
 
+def rules_version():
+    from hostkv.common import version
+    return version.VERSION
+
+
 def test_installer_root_install_status_uninstall(tmp_path):
     root = tmp_path / "root"
     (root / "etc/cobbler/settings.d").mkdir(parents=True)
@@ -268,6 +273,8 @@ def test_installer_root_install_status_uninstall(tmp_path):
     args = ["--root", str(root), "--cobbler-dir", cobbler_dir]
 
     assert run_installer("status", *args).returncode == 3
+    proc = run_installer("status", "--json", *args)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["installed"] is False
     first = run_installer("install", *args)
     assert first.returncode == 0, first.stderr
     assert "restart cobblerd" in first.stdout
@@ -283,6 +290,24 @@ def test_installer_root_install_status_uninstall(tmp_path):
     again = run_installer("install", *args)
     assert "(0 written, 0 removed)" in again.stdout
     assert run_installer("status", *args).returncode == 0
+
+    # status --json (issue 12.4): the same states and exit codes, as one object
+    proc = run_installer("status", "--json", *args)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["installed"] is True and report["intact"] is True
+    assert report["version"] == rules_version()
+    states = {f["path"]: (f["state"], f["rpmnew"]) for f in report["files"]}
+    assert states["/srv/snippets/hostkv_agent"] == ("ok", None)
+    assert set(states) == set(manifest["files"])
+    snippet = root / "srv/snippets/hostkv_agent"
+    kept = snippet.read_bytes()
+    snippet.write_text("edited\n")
+    proc = run_installer("status", "--json", *args)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["intact"] is False
+    assert [f["path"] for f in report["files"] if f["state"] != "ok"] == ["/srv/snippets/hostkv_agent"]
+    snippet.write_bytes(kept)
+    assert run_installer("install", "--json", *args).returncode == 2      # --json goes with status
 
     (modules / "__pycache__").mkdir()                      # what cobblerd's import leaves
     (modules / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
