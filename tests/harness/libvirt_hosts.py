@@ -32,11 +32,11 @@ Layouts (``LibvirtHost(..., layout=...)``, default ``$HOSTKV_TEST_LIBVIRT_LAYOUT
     behind the legacy ``/run/libvirt/libvirt-sock`` (``-ro``) for clients that name no driver
     (e.g. ``openReadOnly(None)``).  A client's ``qemu:///system`` resolves to virtqemud's socket:
     libvirt's remote driver in mode "auto" takes virtqemud-sock when it exists, else libvirt-sock.
-    The daemon is ``virtqemud`` where the machine has it.  Debian 12 (libvirt 9.0) and even its
-    bookworm-backports (11.3) are built without the modular daemons, so there the same sockets are
-    served by ``libvirtd`` (``unix_sock_dir`` moved to a private dir, EL9's socket names linked to
-    it): everything a client sees is EL9's layout; the daemon binary is not.  ``host.daemon``
-    names the daemon that really runs.
+    The daemons are the real ``virtqemud`` and ``virtproxyd``: the machine's where it has them
+    (EL9), else those that ``scripts/build-virtqemud.sh`` builds from Debian's own source package
+    of the installed libvirt (Debian 12 builds but does not ship them; the build is cached, ~3 min
+    the first time, and ``scripts/test.sh`` makes it before the tests).  There is no libvirtd in
+    this layout.  ``host.daemon`` names the QEMU driver's daemon (virtqemud or libvirtd).
 
 Every failure to start raises :class:`HarnessError` with the daemon's log tail: tests fail loudly.
 """
@@ -68,8 +68,26 @@ BIND_DIRS = (
 
 LAYOUTS = ("modular", "monolithic")
 DEFAULT_LAYOUT = os.environ.get("HOSTKV_TEST_LIBVIRT_LAYOUT", "modular")
-# where libvirtd's own sockets go when it serves the modular layout (see the module docstring)
-_LIBVIRTD_SOCK_DIR = "hostkv-libvirtd"
+_MODULAR = None                   # {"virtqemud": path, "virtproxyd": path}, found once
+
+
+def modular_daemons():
+    """The absolute paths of virtqemud and virtproxyd: the machine's own (EL9 has them in
+    /usr/sbin), else the cached build of scripts/build-virtqemud.sh (made now if missing)."""
+    global _MODULAR
+    if _MODULAR is None:
+        found = dict((d, shutil.which(d)) for d in ("virtqemud", "virtproxyd"))
+        if not all(found.values()):
+            script = os.path.join(REPO, "scripts", "build-virtqemud.sh")
+            res = subprocess.run(["bash", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 universal_newlines=True)
+            if res.returncode != 0:
+                raise HarnessError("the modular layout needs virtqemud; %s failed:\n%s"
+                                   % (script, res.stderr[-3000:]))
+            build = res.stdout.strip().splitlines()[-1]
+            found = dict((d, os.path.join(build, "src", d)) for d in ("virtqemud", "virtproxyd"))
+        _MODULAR = found
+    return _MODULAR
 
 HOSTKV_PORT = paths.PORT_NAME
 TEST_EXEC_PORT = "org.hostkv.test.0"
@@ -125,8 +143,14 @@ class LibvirtHost(object):
         self.layout = layout or DEFAULT_LAYOUT
         if self.layout not in LAYOUTS:
             raise ValueError("libvirt layout must be one of %s, not %r" % (LAYOUTS, self.layout))
-        # the daemon that really runs (module docstring): libvirtd, or virtqemud where there is one
-        self.daemon = "virtqemud" if self.layout == "modular" and shutil.which("virtqemud") else "libvirtd"
+        # the QEMU driver's daemon and every libvirt daemon this host runs, as (name, binary)
+        if self.layout == "modular":
+            found = modular_daemons()
+            self.daemon = "virtqemud"
+            self.daemons = [("virtqemud", found["virtqemud"]), ("virtproxyd", found["virtproxyd"])]
+        else:
+            self.daemon = "libvirtd"
+            self.daemons = [("libvirtd", "libvirtd")]
         self.cache_from = cache_from
         self.basedir = os.path.abspath(basedir)
         self.hostname = hostname or "hostkv-test-%s" % name
@@ -187,14 +211,11 @@ class LibvirtHost(object):
             if os.path.isdir(path):
                 for entry in os.listdir(path):
                     os.unlink(os.path.join(path, entry))
-        daemon_conf = {
-            "host_uuid": '"%s"' % self.host_uuid,
-            "log_outputs": '"3:file:/var/log/libvirt/%s.log"' % self.daemon,
-        }
-        if self.layout == "modular" and self.daemon == "libvirtd":
-            daemon_conf["unix_sock_dir"] = '"/run/libvirt/%s"' % _LIBVIRTD_SOCK_DIR
-            os.makedirs(os.path.join(self.run_dir, "libvirt", _LIBVIRTD_SOCK_DIR), mode=0o755)
-        _set_conf(os.path.join(etc, "%s.conf" % self.daemon), daemon_conf)
+        for name, _binary in self.daemons:
+            _set_conf(os.path.join(etc, "%s.conf" % name), {
+                "host_uuid": '"%s"' % self.host_uuid,
+                "log_outputs": '"3:file:/var/log/libvirt/%s.log"' % name,
+            })
         # remember_owner=0: both "hosts" relabel the same files (kernel, console log) on one machine;
         # the owner-remembering xattrs would make the second daemon refuse (as on shared storage).
         _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"', "remember_owner": "0"})
@@ -237,32 +258,19 @@ class LibvirtHost(object):
         self._start_libvirtd(timeout)
 
     def _start_libvirtd(self, timeout):
-        """Start this host's libvirt daemon (libvirtd or virtqemud, per the layout)."""
-        res = self.run_in_ns([self.daemon, "-d"], capture_output=True)
-        if res.returncode != 0:
-            raise HarnessError("%s failed to start in %s: %s\n%s"
-                               % (self.daemon, self.name, res.stderr, _tail(self.libvirtd_log)))
-        if self.layout == "modular" and self.daemon == "libvirtd":
-            self._link_modular_sockets(timeout)
+        """Start this host's libvirt daemons (libvirtd, or virtqemud + virtproxyd, per the layout)."""
+        for name, binary in self.daemons:
+            if self._pids_named(name):
+                continue                 # still running (a restart stops only the QEMU driver's daemon)
+            res = self.run_in_ns([binary, "-d"], capture_output=True)
+            if res.returncode != 0:
+                log = os.path.join(self.basedir, "log", "%s.log" % name)
+                raise HarnessError("%s failed to start in %s: %s\n%s"
+                                   % (binary, self.name, res.stderr, _tail(log)))
         try:
             wait_for(self._api_answers, timeout, interval=0.1, what="%s of %s" % (self.daemon, self.name))
         except HarnessError as err:
             raise HarnessError("%s\n%s:\n%s" % (err, self.libvirtd_log, _tail(self.libvirtd_log)))
-
-    def _link_modular_sockets(self, timeout):
-        """EL9's socket names -> libvirtd's sockets in its private unix_sock_dir: virtqemud's
-        three, and virtproxyd's libvirt-sock{,-ro} (virtproxyd-admin-sock on EL9)."""
-        rundir = os.path.join(self.run_dir, "libvirt")
-        wait_for(lambda: os.path.exists(os.path.join(rundir, _LIBVIRTD_SOCK_DIR, "libvirt-sock")),
-                 timeout, interval=0.1, what="libvirtd's socket in %s" % _LIBVIRTD_SOCK_DIR)
-        links = [("virtqemud-%s" % sfx, "libvirt-%s" % sfx) for sfx in ("sock", "sock-ro", "admin-sock")]
-        links += [("libvirt-sock", "libvirt-sock"), ("libvirt-sock-ro", "libvirt-sock-ro"),
-                  ("virtproxyd-admin-sock", "libvirt-admin-sock")]
-        for name, target in links:
-            link = os.path.join(rundir, name)
-            if os.path.lexists(link):
-                os.unlink(link)
-            os.symlink(os.path.join(_LIBVIRTD_SOCK_DIR, target), link)
 
     def _api_answers(self):
         import libvirt

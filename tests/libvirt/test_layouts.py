@@ -1,6 +1,7 @@
 """The simulated hosts' libvirt layouts, and hostkvd/hostkvctl unchanged on both.
 
-modular (EL9/EL10): virtqemud's sockets, and virtproxyd's legacy libvirt-sock; `qemu:///system`
+modular (EL9/EL10): the real virtqemud and virtproxyd (no libvirtd) - virtqemud's sockets, and
+virtproxyd's legacy libvirt-sock; `qemu:///system`
 (hostkvd's and hostkvctl's default URI, no socket named anywhere) must resolve to
 /run/libvirt/virtqemud-sock: libvirt's remote driver in mode "auto" takes virtqemud-sock when it
 exists, else libvirt-sock -- the client's own debug log says which it chose.
@@ -28,6 +29,12 @@ def test_layout_sockets_and_default_uri_inside_the_host(lv_pairs, layout):
     assert os.path.exists(os.path.join(rundir, SOCKETS[layout] + "-ro"))
     if layout == "monolithic":
         assert not os.path.exists(os.path.join(rundir, "virtqemud-sock")), os.listdir(rundir)
+        assert a._pids_named("libvirtd") and not a._pids_named("virtqemud")
+    else:
+        # EL9's processes: the QEMU driver's daemon and the proxy behind the legacy socket, no libvirtd
+        assert a._pids_named("virtqemud") and a._pids_named("virtproxyd"), a.ns_pids()
+        assert not a._pids_named("libvirtd")
+        assert os.path.exists(os.path.join(rundir, "libvirt-sock"))
     assert a.libvirt_socket == os.path.join(rundir, SOCKETS[layout])
     print("%s layout served by %s" % (layout, a.daemon))
 
