@@ -35,7 +35,7 @@ from hostkv import protocol
 from hostkv.agent import VERSION, log
 from hostkv.agent.control import ClientClosed, ControlServer
 from hostkv.agent.hooks import HookRunner
-from hostkv.agent.link import Link, LinkChanged, SnapshotArrived
+from hostkv.agent.link import Link, LinkChanged, SnapshotArrived, SnapshotUndeliverable
 from hostkv.agent.port import PortLocator
 from hostkv.agent.requests import LocalRequests
 from hostkv.agent.store import Store
@@ -92,8 +92,13 @@ class Agent(object):
 
     def start(self):
         """Restore the cache (published stale), open the control socket, start the hooks thread."""
-        self.store.restore()
-        self.control.open()
+        self.store.make_dirs()
+        self.control.open()          # first: refuses to start if another agent serves this run dir
+        try:
+            self.store.restore()
+        except BaseException:
+            self.control.close()
+            raise
         self.hooks.start()
         self._epoll = select.epoll()
         self._watch({self._wake_r: (select.EPOLLIN, None)})
@@ -232,6 +237,11 @@ class Agent(object):
         for event in events:
             if isinstance(event, SnapshotArrived):
                 self._on_snapshot(event)
+            elif isinstance(event, SnapshotUndeliverable):
+                if self.store.snapshot_undeliverable(event.message):
+                    self.log.warning("the host cannot deliver this guest's current values (%s); the "
+                                     "published data is marked stale until its next snapshot",
+                                     event.message)
             elif isinstance(event, LinkChanged):
                 self.store.link_changed(event.connected)
                 self._resume(self.requests.link_changed(event))

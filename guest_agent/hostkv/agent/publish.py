@@ -134,10 +134,12 @@ def values_json_text(record):
     sort_keys=True)`` - byte for byte except that ``received_at`` has six decimals (a unit test
     holds it to that)."""
     values = record.values
+    reason = record.stale_reason
     return ('{"connected": %s, "generation": %d, "host_id": %s, "received_at": %s, "seq": %d, '
-            '"stale": %s, "values": {%s}}') % (
+            '"stale": %s, "stale_reason": %s, "values": {%s}}') % (
         "true" if record.connected else "false", record.generation, _encode_string(record.host_id),
         _seconds(record.received_at), record.seq, "true" if record.stale else "false",
+        "null" if reason is None else _encode_string(reason),
         ", ".join([_encode_string(k) + ": " + _encode_string(values[k]) for k in sorted(values)]))
 
 
@@ -213,6 +215,13 @@ class Publisher(object):
 
     def prepare(self):
         """Create the run dir and remove leftovers of killed publications."""
+        self.make_dirs()
+        current = self.current_name()
+        self._current = current
+        self._cleanup(keep=set([current]) if current else set())
+
+    def make_dirs(self):
+        """Create the run dir and snapshots/ (0755) if they are missing."""
         for path in (self.run_dir, self.snap_dir):
             try:
                 os.makedirs(path, 0o755)
@@ -220,9 +229,6 @@ class Publisher(object):
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
-        current = self.current_name()
-        self._current = current
-        self._cleanup(keep=set([current]) if current else set())
 
     def close(self):
         """Release the spare's open files (the agent stops); the dir is removed at the next start."""
