@@ -48,7 +48,11 @@ _encode_string = json.encoder.encode_basestring     # the C encoder's string esc
 
 
 class NoData(Exception):
-    """Nothing has been published in the run dir (or it is unreadable)."""
+    """Nothing (readable) is published; ``errno`` of the failed call, if one failed."""
+
+    def __init__(self, message, errno=None):
+        Exception.__init__(self, message)
+        self.errno = errno
 
 
 def rmtree(path):
@@ -456,7 +460,7 @@ def current_dir(run_dir):
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             raise NoData("nothing published in %s" % run_dir)
-        raise NoData("cannot read %s: %s" % (os.path.join(run_dir, CURRENT), err.strerror))
+        raise NoData("cannot read %s: %s" % (os.path.join(run_dir, CURRENT), err.strerror), err.errno)
     return os.path.join(run_dir, target)
 
 
@@ -477,7 +481,7 @@ def read_current(run_dir, attempts=10):
                 last = err
                 time.sleep(0.01)
                 continue
-            raise NoData("cannot read %s: %s" % (path, err.strerror))
+            raise NoData("cannot read %s: %s" % (path, err.strerror), err.errno)
         try:
             return json.loads(data.decode("utf-8"))
         except ValueError as err:
