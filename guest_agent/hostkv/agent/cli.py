@@ -316,10 +316,16 @@ def cmd_watch(args):
     # the first request picks the socket (agent.sock, else the read-only one) and, without
     # --since, the current seq, fixed now: if the agent restarts during the wait, the re-asked
     # watch still covers every change since this call began
-    seq_now = _ask(args, {"op": "status"}, 5.0).get("seq", 0)
+    try:
+        seq_now = _ask(args, {"op": "status"}, 5.0).get("seq", 0)
+        path = args.chosen_socket
+    except CliError as err:
+        if since is None or err.code != EXIT_NO_DATA:
+            raise
+        # a token in hand: the agent may be restarting; the loop below retries for 10 s
+        seq_now, path = since, _sockets(args)[0 if os.geteuid() == 0 else -1]
     if since is None:
         since = seq_now
-    path = args.chosen_socket
     deadline = None if args.timeout is None else time.time() + args.timeout
     reconnect_until = None
     while True:
