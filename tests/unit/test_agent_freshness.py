@@ -136,3 +136,20 @@ def test_agent_unit_is_type_notify():
     with open(os.path.join(REPO, "packaging", "systemd", "hostkv-agent.service")) as f:
         lines = [l.strip() for l in f]
     assert "Type=notify" in lines and "NotifyAccess=main" in lines
+
+
+def test_read_only_socket_serves_readers_and_refuses_the_rest(rig):
+    import stat
+    from hostkv.agent import client
+    ro = os.path.join(rig.run_dir, "agent-ro.sock")
+    assert stat.S_IMODE(os.stat(ro).st_mode) == 0o666
+    assert stat.S_IMODE(os.stat(rig.agent.cfg.socket).st_mode) == 0o600
+    assert client.request(ro, {"op": "status"}, 5)["ok"]
+    assert client.request(ro, {"op": "get", "key": "vm.role"}, 5)["value"] == "db"
+    assert client.request(ro, {"op": "watch", "since": 0}, 5)["seq"] == 1
+    for req in ({"op": "get", "key": "vm.role", "live": True}, {"op": "resync"}):
+        reply = client.request(ro, req, 5)
+        assert reply["ok"] is False and reply["error"] == "not-permitted", reply
+    assert rig.host.ops("get") == []            # nothing reached the host
+    p = hostkv(rig.run_dir, "--socket", ro, "get", "--live", "vm.role")
+    assert p.returncode == 6 and b"permission denied" in p.stderr

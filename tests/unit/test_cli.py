@@ -97,7 +97,7 @@ def test_help_documents_exit_codes(tmp_path):
     p = hostkv(tmp_path, "--help")
     assert p.returncode == 0
     for line in (b"0  ok", b"1  key not found", b"2  usage error", b"3  no data",
-                 b"4  watch timed out", b"5  the data is stale"):
+                 b"4  watch timed out", b"5  the data is stale", b"6  permission denied"):
         assert line in p.stdout
 
 
