@@ -99,6 +99,12 @@ def test_undeliverable_snapshot_marks_the_data_stale_until_the_next_one(rig, cap
     assert json.loads(p.stdout)["stats"]["snapshots"] == sent
     time.sleep(0.3)
     assert capsys.readouterr().err.count("cannot deliver this guest's current values") == 1
+    rig.host.disconnect()                            # a reconnect: the host refuses again
+    rig.wait_published(lambda d: d["stale_reason"] == "host not connected", "host away")
+    rig.host.connect()
+    doc = rig.wait_published(lambda d: d["connected"] and "cannot deliver" in (d["stale_reason"] or ""),
+                             "still undeliverable after a reconnect")
+    assert doc["stale"] is True
     rig.host.set(values={"host.hostname": "hv1.example", "vm.role": "web"})
     doc = rig.wait_published(lambda d: not d["stale"], "fresh after a deliverable snapshot")
     assert doc["values"]["vm.role"] == "web" and doc["stale_reason"] is None
