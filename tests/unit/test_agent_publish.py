@@ -63,7 +63,7 @@ def test_layout_and_exact_bytes(tmp_path):
         assert f.read() == "a\nb 'c' $(x) ü".encode("utf-8")
     doc = read_current(run)
     assert doc == {"seq": 1, "host_id": "hv1", "generation": 3, "stale": False, "connected": True,
-                   "received_at": 1.5, "values": rec.values}
+                   "received_at": 1.5, "values": rec.values, "stale_reason": None}
     with open(os.path.join(run, "values.json")) as f:
         assert json.load(f) == doc
     # same seq republished (status change): a fresh dir, old one kept as "previous"

@@ -86,8 +86,8 @@ def test_list_env_and_status_without_agent(published, tmp_path):
     p = hostkv(run, "status", "--json")
     info = json.loads(p.stdout)
     assert p.returncode == 3              # data, but the agent is not running
-    assert info["agent"] == "not reachable" and info["seq"] == 7 and 1 < info["age"] < 60
-    assert b"not reachable" in hostkv(run, "status").stdout
+    assert info["agent"] == "not running" and info["seq"] == 7 and 1 < info["age"] < 60
+    assert b"agent:      not running" in hostkv(run, "status").stdout
     for args in (("list",), ("env",), ("status",), ("watch", "--timeout", "1"),
                  ("get", "--live", "host.hostname")):
         assert hostkv(tmp_path / "nothing", *args).returncode == 3, args
@@ -97,7 +97,7 @@ def test_help_documents_exit_codes(tmp_path):
     p = hostkv(tmp_path, "--help")
     assert p.returncode == 0
     for line in (b"0  ok", b"1  key not found", b"2  usage error", b"3  no data",
-                 b"4  watch timed out", b"5  the data is stale"):
+                 b"4  watch timed out", b"5  the data is stale", b"6  permission denied"):
         assert line in p.stdout
 
 

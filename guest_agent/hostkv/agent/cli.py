@@ -6,6 +6,7 @@ interface (see EXIT_* below, ``hostkv --help`` and docs/AGENT.md).
 """
 
 import argparse
+import errno
 import json
 import os
 import socket
@@ -13,7 +14,8 @@ import sys
 import time
 
 from hostkv import protocol
-from hostkv.agent import VERSION, client, config
+from hostkv.agent import VERSION, client, config, freshness, liveness
+from hostkv.agent.control import READ_ONLY_NAME
 from hostkv.agent.publish import NoData, read_current
 from hostkv.common import paths
 
@@ -23,14 +25,22 @@ EXIT_USAGE = 2
 EXIT_NO_DATA = 3
 EXIT_TIMEOUT = 4
 EXIT_STALE = 5
+EXIT_PERMISSION = 6
 
 EPILOG = """exit codes:
   0  ok
   1  key not found (watch: the key was removed)
   2  usage error (bad option, invalid key name)
-  3  no data yet, or the agent is not reachable (status: agent down or nothing published)
+  3  no data yet, or the agent is not running / not reachable (status: agent down or nothing
+     published)
   4  watch timed out without a change
-  5  the data is stale (cached, host not connected, or agent not running) and --fresh was given
+  5  the data is stale and --fresh was given (see "fresh" below)
+  6  permission denied (e.g. get --live as a non-root user, or a run dir an admin narrowed)
+
+fresh: the values are current only while the agent runs (it holds RUN_DIR/agent.lock), the host
+is connected and has confirmed them; status, get/list/watch --fresh and every --json output use
+that one rule ("stale_reason" says why not).  Any user may run get, list, env, status and watch
+(through the read-only socket RUN_DIR/agent-ro.sock); get --live needs root.
 
 watch prints the new seq token on its first line, then the value (KEY given) or the list;
 pass that token as --since to the next call so that no change between calls is missed:
@@ -38,7 +48,8 @@ pass that token as --since to the next call so that no change between calls is m
 *} && value=${out#*
 }
 
-environment: HOSTKV_RUN_DIR (default /run/hostkv), HOSTKV_SOCKET (default RUN_DIR/agent.sock)
+environment: HOSTKV_RUN_DIR (default /run/hostkv), HOSTKV_SOCKET (default RUN_DIR/agent.sock,
+then RUN_DIR/agent-ro.sock when that is not permitted)
 """
 
 
@@ -57,6 +68,10 @@ def _out(data):
     sys.stdout.buffer.flush()
 
 
+def _out_json(obj, indent=None):
+    _out(json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=indent) + "\n")
+
+
 def _err(message):
     sys.stderr.write("hostkv: %s\n" % message)
 
@@ -66,6 +81,20 @@ def _format_value(value):
     if value.startswith('"') or any(ord(c) < 32 or ord(c) == 127 for c in value):
         return json.dumps(value, ensure_ascii=False)
     return value
+
+
+def format_age(seconds):
+    """An age for people: "4.2 s", "3 min 12 s", "5 h 2 min", "12 d 3 h"."""
+    if seconds < 0:
+        return "%s in the future (the clock changed?)" % format_age(-seconds)
+    if seconds < 60:
+        return "%.1f s" % seconds
+    s = int(seconds)
+    if s < 3600:
+        return "%d min %d s" % (s // 60, s % 60)
+    if s < 86400:
+        return "%d h %d min" % (s // 3600, s % 3600 // 60)
+    return "%d d %d h" % (s // 86400, s % 86400 // 3600)
 
 
 def _check_key(key):
@@ -79,48 +108,61 @@ def _published(args):
     try:
         doc = read_current(args.run_dir)
     except NoData as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise CliError(EXIT_PERMISSION, "permission denied: %s" % err)
         raise CliError(EXIT_NO_DATA, "no data: %s" % err)
     if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict):
         raise CliError(EXIT_NO_DATA, "no data: values.json in %s is malformed" % args.run_dir)
     return doc
 
 
-def _ask(args, req, timeout):
-    try:
-        return client.request(args.socket, req, timeout)
-    except client.AgentUnreachable as err:
-        raise CliError(EXIT_NO_DATA, "agent not reachable: %s" % err)
-    except socket.timeout:
-        raise CliError(EXIT_NO_DATA, "the agent did not answer within %s s" % timeout)
+def _sockets(args):
+    """The sockets to try in order: the explicit one, else agent.sock then the read-only one."""
+    if args.socket_given:
+        return [args.socket]
+    return [args.socket, os.path.join(args.run_dir, READ_ONLY_NAME)]
 
 
-def _is_fresh(doc):
-    return not doc.get("stale", True) and doc.get("connected", False)
+def _ask(args, req, timeout, sockets=None):
+    """One request to the agent; a permission error is EXIT_PERMISSION, no agent EXIT_NO_DATA."""
+    sockets = sockets or _sockets(args)
+    for i, path in enumerate(sockets):
+        try:
+            reply = client.request(path, req, timeout)
+        except client.AgentUnreachable as err:
+            if err.errno in (errno.EACCES, errno.EPERM) and i + 1 < len(sockets):
+                continue
+            if err.errno in (errno.EACCES, errno.EPERM):
+                raise CliError(EXIT_PERMISSION, "permission denied: %s" % err)
+            raise CliError(EXIT_NO_DATA, "agent not reachable: %s" % err)
+        except socket.timeout:
+            raise CliError(EXIT_NO_DATA, "the agent did not answer within %s s" % timeout)
+        if reply.get("error") == "not-permitted":
+            raise CliError(EXIT_PERMISSION, "permission denied: %s" % reply.get("message", ""))
+        args.chosen_socket = path
+        return reply
+    raise CliError(EXIT_NO_DATA, "agent not reachable")
 
 
-def _agent_says_connected(args):
-    """True/False from the agent's live status; None when the caller may not ask (socket 0600).
-
-    The files alone cannot tell that the agent was killed (kill -9 leaves "connected": true):
-    a dead agent (no socket, connection refused) counts as not connected.
-    """
-    if not os.path.exists(args.socket):
-        return False
-    try:
-        reply = client.request(args.socket, {"op": "status"}, 5.0)
-    except client.AgentUnreachable as err:
-        return None if "root-only" in str(err) else False
-    except socket.timeout:
-        return False
-    return bool(reply.get("connected")) and bool(reply.get("in_sync", True))
+def _verdict(args, doc):
+    """The one freshness rule (freshness.py) applied to ``doc``."""
+    return freshness.judge(doc, args.run_dir)
 
 
 def _check_fresh(args, doc):
-    if not _is_fresh(doc):
-        raise CliError(EXIT_STALE, "data is stale (%s)" % (
-            "host not connected" if not doc.get("connected") else "not yet confirmed by the host"))
-    if _agent_says_connected(args) is False:
-        raise CliError(EXIT_STALE, "data is stale (the agent is not running or the host is away)")
+    verdict = _verdict(args, doc)
+    if not verdict.fresh:
+        raise CliError(EXIT_STALE, "data is stale (%s)" % verdict.reason)
+    return verdict
+
+
+def _doc_view(doc, verdict):
+    """values.json as the CLI shows it: its status flags replaced by the verdict's."""
+    view = dict(doc)
+    view.update(fresh=verdict.fresh, stale=not verdict.fresh, stale_reason=verdict.reason,
+                connected=bool(doc.get("connected")) and verdict.agent_running is True,
+                agent_running=verdict.agent_running)
+    return view
 
 
 # ------------------------------------------------------------------ commands
@@ -129,7 +171,7 @@ def cmd_get(args):
     key = _check_key(args.key)
     if args.live:
         reply = _ask(args, {"op": "get", "key": key, "live": True, "timeout": args.timeout},
-                     args.timeout + 5)
+                     args.timeout + 5, sockets=[args.socket])
         if not reply.get("ok"):
             code = reply.get("error")
             if code == "not-found":
@@ -137,26 +179,35 @@ def cmd_get(args):
             if code in ("bad-key", "bad-request"):
                 raise CliError(EXIT_USAGE, reply.get("message", code))
             raise CliError(EXIT_NO_DATA, "live get failed: %s: %s" % (code, reply.get("message", "")))
-        _out(reply["value"])
+        if args.json:
+            _out_json({"key": key, "value": reply["value"], "live": True, "fresh": True,
+                       "host_id": reply.get("host_id"), "generation": reply.get("generation"),
+                       "rtt": reply.get("rtt")})
+        else:
+            _out(reply["value"])
         if args.verbose:
             _err("round trip %.3f ms via the agent" % (reply.get("rtt", 0) * 1000))
         return EXIT_OK
     doc = _published(args)
-    if args.fresh:
-        _check_fresh(args, doc)
+    verdict = _check_fresh(args, doc) if args.fresh else _verdict(args, doc)
     values = doc["values"]
     if key not in values:
         raise CliError(EXIT_NOT_FOUND, "key not found: %s" % key)
-    _out(values[key])
+    if args.json:
+        _out_json({"key": key, "value": values[key], "live": False, "fresh": verdict.fresh,
+                   "stale": not verdict.fresh, "stale_reason": verdict.reason,
+                   "seq": doc.get("seq"), "host_id": doc.get("host_id"),
+                   "generation": doc.get("generation"), "received_at": doc.get("received_at")})
+    else:
+        _out(values[key])
     return EXIT_OK
 
 
 def cmd_list(args):
     doc = _published(args)
-    if args.fresh:
-        _check_fresh(args, doc)
+    verdict = _check_fresh(args, doc) if args.fresh else _verdict(args, doc)
     if args.json:
-        _out(json.dumps(doc, ensure_ascii=False, sort_keys=True, indent=1) + "\n")
+        _out_json(_doc_view(doc, verdict), indent=1)
     else:
         _out(_list_text(doc["values"]))
     return EXIT_OK
@@ -172,65 +223,89 @@ def cmd_env(args):
         with open(doc_dir, "rb") as f:
             data = f.read()
     except (IOError, OSError) as err:
-        raise CliError(EXIT_NO_DATA, "no data: cannot read %s: %s" % (doc_dir, err.strerror))
+        code = EXIT_PERMISSION if err.errno in (errno.EACCES, errno.EPERM) else EXIT_NO_DATA
+        raise CliError(code, "no data: cannot read %s: %s" % (doc_dir, err.strerror))
     _out(data)
     return EXIT_OK
 
 
-# passed through from the agent's status reply as they are (docs/AGENT.md, control socket)
-_AGENT_STATUS_FIELDS = ("in_sync", "link", "link_since", "link_since_monotonic", "version", "modules",
-                        "timings")
+# the agent's own view that status reports under the published data's names (file: *_published)
+_OVERRIDDEN = ("ok", "stale", "connected", "stale_reason")
+
+
+def _when(t, now):
+    if not isinstance(t, (int, float)):
+        return "?"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    return "%s (%s%s)" % (stamp, format_age(now - t), " ago" if now >= t else "")
 
 
 def cmd_status(args):
     agent = None
     agent_error = None
     try:
-        agent = client.request(args.socket, {"op": "status"}, 5.0)
-    except (client.AgentUnreachable, socket.timeout) as err:
-        agent_error = str(err) or "timed out"
+        agent = _ask(args, {"op": "status"}, 5.0)
+    except CliError as err:
+        agent_error = str(err)
     doc = None
     try:
         doc = read_current(args.run_dir)
     except NoData:
         pass
+    running, pid = liveness.agent_running(args.run_dir)
     now = time.time()
-    info = {"agent": "running" if agent else "not reachable",
-            "agent_error": agent_error,
-            "state": agent.get("state") if agent else None,
-            "pid": agent.get("pid") if agent else None,
-            "port": agent.get("port") if agent else None,
-            "published": doc is not None}
+    info = {"agent": "running" if running else ("unknown" if running is None else "not running"),
+            "agent_running": running, "agent_error": agent_error,
+            "pid": agent.get("pid") if agent else pid, "published": doc is not None}
+    if agent is not None:
+        # everything the agent reports (stats, in_sync, link, version, timings, ...)
+        for field, value in agent.items():
+            if field not in _OVERRIDDEN:
+                info[field] = value
+        info["agent_connected"] = bool(agent.get("connected"))
     if doc is not None:
+        verdict = freshness.judge(doc, args.run_dir, (running, pid))
         received = doc.get("received_at")
-        info.update(connected=bool(doc.get("connected")), stale=bool(doc.get("stale", True)),
-                    host_id=doc.get("host_id"), generation=doc.get("generation"), seq=doc.get("seq"),
+        info.update(host_id=doc.get("host_id"), generation=doc.get("generation"), seq=doc.get("seq"),
                     received_at=received, keys=len(doc.get("values") or {}),
-                    age=(now - received) if isinstance(received, (int, float)) else None)
-    if agent is not None:      # the agent's view of the channel is the live one
-        info["connected"] = bool(agent.get("connected"))
-        info.setdefault("seq", agent.get("seq"))
-        for field in _AGENT_STATUS_FIELDS:
-            if field in agent:
-                info[field] = agent[field]
-    code = EXIT_OK if (agent is not None and doc is not None) else EXIT_NO_DATA
+                    age=(now - received) if isinstance(received, (int, float)) else None,
+                    stale_published=bool(doc.get("stale", True)),
+                    connected_published=bool(doc.get("connected")))
+    else:
+        verdict = None
+    # one rule (freshness.py): never "fresh" or "connected" unless the agent runs and says so
+    live_connected = bool(agent.get("connected")) if agent is not None else \
+        bool(doc and doc.get("connected"))
+    info["connected"] = bool(running) and live_connected
+    info["fresh"] = bool(verdict and verdict.fresh)
+    info["stale"] = not info["fresh"]
+    info["stale_reason"] = (verdict.reason if verdict else "nothing published")
+    code = EXIT_OK if (running and agent is not None and doc is not None) else EXIT_NO_DATA
     if args.json:
-        _out(json.dumps(info, ensure_ascii=False, sort_keys=True, indent=1) + "\n")
+        _out_json(info, indent=1)
         return code
-    lines = ["agent:      %s" % (("running (pid %s)" % info["pid"]) if agent else
-                                  "not reachable (%s)" % agent_error)]
-    if agent:
-        lines.append("channel:    %s%s" % (info["state"], (" on %s" % info["port"]) if info["port"] else ""))
+    if running:
+        agent_line = "running (pid %s)" % info["pid"]
+        if agent is None:
+            agent_line += "; not answering: %s" % agent_error
+    elif running is None:
+        agent_line = "unknown (%s is not readable)" % liveness.lock_path(args.run_dir)
+    else:
+        agent_line = "not running"
+    lines = ["agent:      %s" % agent_line]
+    if agent is not None:
+        lines.append("channel:    %s%s" % (info.get("state"),
+                                           (" on %s" % info["port"]) if info.get("port") else ""))
+    lines.append("connected:  %s" % ("yes" if info["connected"] else
+                                     "no" + ("" if running else " (the agent is not running)")))
     if doc is None:
         lines.append("data:       none published in %s" % args.run_dir)
     else:
-        lines += ["host_id:    %s" % _format_value(str(info["host_id"])),
-                  "generation: %s" % info["generation"],
-                  "seq:        %s" % info["seq"],
+        lines += ["data:       %s" % ("fresh" if info["fresh"] else "STALE: %s" % info["stale_reason"]),
+                  "host_id:    %s" % _format_value(str(info["host_id"])),
                   "keys:       %d" % info["keys"],
-                  "age:        %s" % ("%.1f s" % info["age"] if info["age"] is not None else "?"),
-                  "stale:      %s" % ("yes" if info["stale"] else "no"),
-                  "connected:  %s" % ("yes" if info.get("connected") else "no")]
+                  "seq:        %s (generation %s)" % (info["seq"], info["generation"]),
+                  "received:   %s" % _when(info["received_at"], now)]
     _out("\n".join(lines) + "\n")
     return code
 
@@ -238,10 +313,19 @@ def cmd_status(args):
 def cmd_watch(args):
     key = _check_key(args.key) if args.key is not None else None
     since = args.since
+    # the first request picks the socket (agent.sock, else the read-only one) and, without
+    # --since, the current seq, fixed now: if the agent restarts during the wait, the re-asked
+    # watch still covers every change since this call began
+    try:
+        seq_now = _ask(args, {"op": "status"}, 5.0).get("seq", 0)
+        path = args.chosen_socket
+    except CliError as err:
+        if since is None or err.code != EXIT_NO_DATA:
+            raise
+        # a token in hand: the agent may be restarting; the loop below retries for 10 s
+        seq_now, path = since, _sockets(args)[0 if os.geteuid() == 0 else -1]
     if since is None:
-        # the current seq, fixed now: if the agent restarts during the wait, the re-asked
-        # watch still covers every change since this call began
-        since = _ask(args, {"op": "status"}, 5.0).get("seq", 0)
+        since = seq_now
     deadline = None if args.timeout is None else time.time() + args.timeout
     reconnect_until = None
     while True:
@@ -253,9 +337,10 @@ def cmd_watch(args):
         if deadline is not None:
             req["timeout"] = max(0.0, deadline - time.time())
         try:
-            reply = client.request(args.socket, req,
-                                   None if deadline is None else req["timeout"] + 10)
+            reply = client.request(path, req, None if deadline is None else req["timeout"] + 10)
         except (client.AgentUnreachable, socket.timeout) as err:
+            if getattr(err, "errno", None) in (errno.EACCES, errno.EPERM):
+                raise CliError(EXIT_PERMISSION, "permission denied: %s" % err)
             # an agent restart keeps seq (it is persisted): re-ask with the same token
             now = time.time()
             if reconnect_until is None:
@@ -282,8 +367,10 @@ def cmd_watch(args):
             raise CliError(EXIT_USAGE, reply.get("message", code))
         raise CliError(EXIT_NO_DATA, "watch failed: %s: %s" % (code, reply.get("message", "")))
     seq = reply["seq"]
+    verdict = freshness.judge(reply.get("snapshot") or {}, args.run_dir)
     if args.json:
-        out = {"seq": seq, "since": since}
+        out = {"seq": seq, "since": since, "fresh": verdict.fresh, "stale": not verdict.fresh,
+               "stale_reason": verdict.reason}
         if key is not None:
             out.update(key=key, present=reply.get("present", False), value=reply.get("value"))
         else:
@@ -296,6 +383,9 @@ def cmd_watch(args):
     if key is not None and not reply.get("present"):
         _err("key %s was removed (seq %d)" % (key, seq))
         return EXIT_NOT_FOUND
+    if args.fresh and not verdict.fresh:
+        _err("data is stale (%s) (seq %d)" % (verdict.reason, seq))
+        return EXIT_STALE
     return EXIT_OK
 
 
@@ -345,16 +435,20 @@ def build_parser():
     p.add_argument("--live", action="store_true", help="ask the host now, through the agent")
     p.add_argument("--timeout", type=_seconds, default=5.0, help="--live: seconds to wait (default 5)")
     p.add_argument("-v", "--verbose", action="store_true", help="--live: report the round trip time")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: key, value, fresh, stale_reason, seq, host_id, ...")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("list", help="print all keys and values", formatter_class=config.formatter,
                        epilog="Lines are KEY=VALUE; a value that contains control characters or starts "
                               "with a double quote is printed as a JSON string.")
-    p.add_argument("--json", action="store_true", help="print values.json (values and status)")
+    p.add_argument("--json", action="store_true",
+                   help="print values.json, its status fields replaced by the freshness verdict")
     p.add_argument("--fresh", action="store_true", help="fail (exit 5) if the data is stale")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("status", help="agent, channel and data status", formatter_class=config.formatter)
+    p = sub.add_parser("status", help="agent, channel and data status (exit 3: agent down or no data)",
+                       formatter_class=config.formatter, epilog=EPILOG)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
@@ -364,7 +458,9 @@ def build_parser():
     p.add_argument("--since", type=_seq, default=None,
                    help="seq token from an earlier call (default: the current seq, i.e. the next change)")
     p.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds (exit 4)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with fresh, stale_reason)")
+    p.add_argument("--fresh", action="store_true",
+                   help="after printing, exit 5 if the new data is stale (the token stays usable)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("env", help="print the shell-sourceable env file", formatter_class=config.formatter)
@@ -381,6 +477,8 @@ def main(argv=None):
         return EXIT_USAGE
     if args.run_dir is None:
         args.run_dir = os.environ.get("HOSTKV_RUN_DIR") or paths.AGENT_RUN_DIR
+    args.socket_given = bool(args.socket or os.environ.get("HOSTKV_SOCKET"))
+    args.chosen_socket = None
     if args.socket is None:
         args.socket = os.environ.get("HOSTKV_SOCKET") or os.path.join(args.run_dir, config.SOCKET_NAME)
     try:

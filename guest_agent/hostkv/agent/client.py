@@ -6,7 +6,12 @@ import socket
 
 
 class AgentUnreachable(Exception):
-    """The agent's control socket cannot be reached or the connection broke."""
+    """The agent's control socket cannot be reached or the connection broke; ``errno`` is the
+    connect error's (EACCES: not permitted, ENOENT/ECONNREFUSED: no agent) or None."""
+
+    def __init__(self, message, errno=None):
+        Exception.__init__(self, message)
+        self.errno = errno
 
 
 def request(sock_path, req, timeout=None):
@@ -24,7 +29,7 @@ def request(sock_path, req, timeout=None):
             reason = err.strerror or str(err)
             if err.errno == errno.EACCES:
                 reason += " (the control socket is root-only)"
-            raise AgentUnreachable("cannot connect to %s: %s" % (sock_path, reason))
+            raise AgentUnreachable("cannot connect to %s: %s" % (sock_path, reason), err.errno)
         sock.settimeout(timeout)
         try:
             sock.sendall((json.dumps(req) + "\n").encode("utf-8"))

@@ -1,4 +1,7 @@
-"""Server side of the control socket /run/hostkv/agent.sock (mode 0600).
+"""Server side of the control sockets: /run/hostkv/agent.sock (mode 0600, every request) and
+/run/hostkv/agent-ro.sock (mode 0666, read-only: any local user may ask ``status``, ``ping``,
+``watch`` and ``get`` without ``live``; nothing there reaches the host or changes the agent).
+Each socket has its own client limit, so users of the read-only one cannot crowd out root's.
 
 Wire format: one JSON object per line in each direction.  A client sends a request and
 reads one reply line per request; requests on one connection are answered in order.
@@ -22,6 +25,19 @@ import socket
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_CLIENTS = 64
+READ_ONLY_NAME = "agent-ro.sock"
+READ_ONLY_OPS = ("status", "ping", "watch", "get")
+
+
+def read_only_refusal(request):
+    """None if ``request`` may be asked on the read-only socket, else the error reply."""
+    op = request.get("op")
+    if op not in READ_ONLY_OPS:
+        return error_reply("not-permitted", "op %r needs the root-only control socket" % str(op)[:32])
+    if op == "get" and request.get("live"):
+        return error_reply("not-permitted", "a live get asks the host: it needs the root-only "
+                                            "control socket")
+    return None
 
 
 def encode_reply(obj):
@@ -54,8 +70,9 @@ class ControlClient(object):
     one JSON line already encoded, as bytes): the reply is sent at once as far as the socket
     takes it without blocking; the rest waits for POLLOUT."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, server=None):
         self.sock = sock
+        self.server = server       # the ControlServer it came through
         self.inbuf = b""
         self.outbuf = b""
         self.busy = False          # a request is being answered
@@ -88,14 +105,16 @@ class ControlClient(object):
 class ControlServer(object):
     """Listens on ``path`` (see the module docstring for the events it returns)."""
 
-    def __init__(self, path):
+    def __init__(self, path, mode=0o600, read_only=False):
         self.path = path
+        self.mode = mode
+        self.read_only = read_only
         self.sock = None
         self.clients = {}
         self._events = []
 
     def open(self):
-        """Bind the socket (0600).  Raises RuntimeError if another agent is listening."""
+        """Bind the socket (``mode``).  Raises RuntimeError if another agent is listening."""
         if os.path.exists(self.path) or os.path.islink(self.path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -113,7 +132,7 @@ class ControlServer(object):
             sock.bind(self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, self.mode)
         sock.listen(16)
         sock.setblocking(False)
         self.sock = sock
@@ -179,7 +198,7 @@ class ControlServer(object):
                     return
                 raise
             conn.setblocking(False)
-            client = ControlClient(conn)
+            client = ControlClient(conn, self)
             if len(self.clients) >= MAX_CLIENTS:
                 client.reply(error_reply("busy", "too many clients (%d)" % MAX_CLIENTS))
                 conn.close()
@@ -212,6 +231,10 @@ class ControlServer(object):
                     raise ValueError("a request is a JSON object with a string 'op'")
             except ValueError as err:
                 client.reply(error_reply("bad-request", str(err)[:200]))
+                continue
+            refusal = read_only_refusal(request) if self.read_only else None
+            if refusal is not None:
+                client.reply(refusal)
                 continue
             self._events.append(RequestReceived(client, request))
             return

@@ -33,9 +33,11 @@ import time
 
 from hostkv import protocol
 from hostkv.agent import VERSION, log
-from hostkv.agent.control import ClientClosed, ControlServer
+from hostkv.agent.link import LinkState
+from hostkv.common import sd_notify
+from hostkv.agent.control import READ_ONLY_NAME, ClientClosed, ControlServer
 from hostkv.agent.hooks import HookRunner
-from hostkv.agent.link import Link, LinkChanged, SnapshotArrived
+from hostkv.agent.link import Link, LinkChanged, SnapshotArrived, SnapshotUndeliverable
 from hostkv.agent.port import PortLocator
 from hostkv.agent.requests import LocalRequests
 from hostkv.agent.store import Store
@@ -67,6 +69,10 @@ class Agent(object):
         self.store = Store(cfg.run_dir, cfg.state_dir, wall, clock)
         self.requests = LocalRequests(self.store, self.link, clock, wall)
         self.control = ControlServer(cfg.socket)
+        # any local user may watch and read through this one (control.py: read-only requests)
+        self.control_ro = ControlServer(os.path.join(cfg.run_dir, READ_ONLY_NAME), mode=0o666,
+                                        read_only=True)
+        self.controls = (self.control, self.control_ro)
         self.hooks = HookRunner(cfg.hooks_dir, cfg.run_dir, cfg.hook_timeout)
         self._stop = False
         self._resync_requested = False
@@ -75,6 +81,7 @@ class Agent(object):
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+        self._notified = None               # the last STATUS= sent to systemd
         self.started = threading.Event()    # set once the socket is listening (tests)
         self.wakeups = 0                    # returns from epoll.poll() (tests, status)
 
@@ -92,8 +99,15 @@ class Agent(object):
 
     def start(self):
         """Restore the cache (published stale), open the control socket, start the hooks thread."""
-        self.store.restore()
-        self.control.open()
+        self.store.make_dirs()
+        self.control.open()          # first: refuses to start if another agent serves this run dir
+        try:
+            self.control_ro.open()
+            self.store.restore()
+        except BaseException:
+            self.control_ro.close()
+            self.control.close()
+            raise
         self.hooks.start()
         self._epoll = select.epoll()
         self._watch({self._wake_r: (select.EPOLLIN, None)})
@@ -126,6 +140,8 @@ class Agent(object):
             self.log.info("hostkv-agent %s running; port %s, publishing to %s",
                           VERSION, self.cfg.device or self.cfg.port_name, self.cfg.run_dir)
             self._on_link(self.link.start(self.clock()))
+            sd_notify.notify("READY=1", "STATUS=" + self.status_line())
+            self._notified = self.status_line()
             while not self._stop:
                 self._iterate()
         finally:
@@ -135,6 +151,29 @@ class Agent(object):
             if in_main:
                 signal.set_wakeup_fd(-1)
 
+    def status_line(self):
+        """One line for systemd's STATUS= (``systemctl status hostkv-agent``)."""
+        state = self.link.state
+        if state is LinkState.NO_PORT:
+            return "no port: %s" % (self.link.locator.last_reason or "waiting for %s" % self.cfg.port_name)
+        if state is LinkState.DISCONNECTED:
+            return "waiting for the host"
+        record = self.store.record
+        if self.store.undeliverable is not None:
+            return "connected to host; it cannot deliver this guest's values (data stale)"
+        if state is LinkState.SYNCING or record is None or record.stale:
+            return "connected to host; waiting for its snapshot"
+        return "connected to host; %d key%s" % (len(record.values), "" if len(record.values) == 1 else "s")
+
+    def _notify_status(self):
+        """Tell systemd the new STATUS= line, only when it changed (never on a timer)."""
+        if self._notified is None:
+            return                      # before READY=1
+        line = self.status_line()
+        if line != self._notified:
+            self._notified = line
+            sd_notify.notify("STATUS=" + line)
+
     def _on_signal(self, signum, frame):
         if signum == signal.SIGHUP:
             self._resync_requested = True
@@ -143,12 +182,16 @@ class Agent(object):
 
     def _shutdown(self):
         self.log.info("stopping")
+        if self._notified is not None:
+            sd_notify.notify("STOPPING=1", "STATUS=stopping")
         if self.started.is_set():
             self.requests.shutdown()
-            self.control.flush_all()
+            for control in self.controls:
+                control.flush_all()
             self._on_link(self.link.close(self.clock()))
             self.store.close()
-            self.control.close()
+            for control in self.controls:
+                control.close()
             self.hooks.stop()
         if self._epoll is not None:
             self._epoll.close()
@@ -172,8 +215,9 @@ class Agent(object):
         link_fds = self.link.watched()
         for fd, (events, edge, owner) in link_fds.items():
             wanted[fd] = (_epoll_mask(events, edge), owner)
-        for fd, (events, owner) in self.control.watched().items():
-            wanted[fd] = (_epoll_mask(events, False), owner)
+        for control in self.controls:
+            for fd, (events, owner) in control.watched().items():
+                wanted[fd] = (_epoll_mask(events, False), owner)
         self._watch(wanted)
         deadlines = [d for d in (self.link.next_deadline(), self.requests.next_deadline(),
                                  self.store.next_deadline()) if d is not None]
@@ -199,6 +243,8 @@ class Agent(object):
                     pass
             elif self.control.owns(fd):
                 self._on_control(self.control.on_event(fd, revents), now)
+            elif self.control_ro.owns(fd):
+                self._on_control(self.control_ro.on_event(fd, revents), now)
 
     def _watch(self, wanted):
         """Make the epoll set ``wanted`` ({fd: (mask, owner)}), touching only what changed.
@@ -229,9 +275,21 @@ class Agent(object):
     # ------------------------------------------------------------ wiring
 
     def _on_link(self, events):
+        if events:
+            try:
+                self._on_link_events(events)
+            finally:
+                self._notify_status()
+
+    def _on_link_events(self, events):
         for event in events:
             if isinstance(event, SnapshotArrived):
                 self._on_snapshot(event)
+            elif isinstance(event, SnapshotUndeliverable):
+                if self.store.snapshot_undeliverable(event.message):
+                    self.log.warning("the host cannot deliver this guest's current values (%s); the "
+                                     "published data is marked stale until its next snapshot",
+                                     event.message)
             elif isinstance(event, LinkChanged):
                 self.store.link_changed(event.connected)
                 self._resume(self.requests.link_changed(event))
@@ -277,9 +335,9 @@ class Agent(object):
             reply = self.requests.handle(event.client, event.request, now)
             if reply is not None:
                 event.client.reply(reply)
-                queue.extend(self.control.resume(event.client))
+                queue.extend(event.client.server.resume(event.client))
 
     def _resume(self, clients):
         """Clients that were just answered go on with their pipelined requests."""
         for client in clients:
-            self._on_control(self.control.resume(client), self.clock())
+            self._on_control(client.server.resume(client), self.clock())

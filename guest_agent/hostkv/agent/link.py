@@ -13,7 +13,8 @@ a pair missing from it is a bug and raises :class:`StateError` (tests go through
 
 The link never calls up: its methods return events, in order, for the loop to hand on:
 :class:`LinkChanged` (old, new, reason, at), :class:`SnapshotArrived` (a valid snapshot with
-the times its bytes were read and parsed) and the protocol's replies that carry one of our
+the times its bytes were read and parsed), :class:`SnapshotUndeliverable` (the host says it
+cannot deliver this guest's values) and the protocol's replies that carry one of our
 request ids (``protocol.Value``, ``protocol.Error``, ``protocol.Pong``).  The sync token, its
 retry and the requests' ids belong to the ``protocol.GuestSession`` the link owns.
 
@@ -117,6 +118,19 @@ class SnapshotArrived(LinkEvent):
 
     def __repr__(self):
         return "SnapshotArrived(%r)" % (self.snapshot,)
+
+
+class SnapshotUndeliverable(LinkEvent):
+    """The host cannot deliver this guest's current values (an id-less ``snapshot-undeliverable``
+    error, docs/PROTOCOL.md): what the guest has is not current until the next snapshot."""
+
+    __slots__ = ("message", "at")
+
+    def __init__(self, message, at):
+        self.message, self.at = message, at
+
+    def __repr__(self):
+        return "SnapshotUndeliverable(%r)" % (self.message,)
 
 
 class Link(object):
@@ -417,6 +431,9 @@ class Link(object):
             elif isinstance(event, protocol.Reply):
                 if event.id is not None:
                     self._events.append(event)
+                elif isinstance(event, protocol.Error) and event.code == "snapshot-undeliverable":
+                    latest = None        # a snapshot before it in this batch is not current
+                    self._events.append(SnapshotUndeliverable(event.message, parsed_at))
                 elif isinstance(event, protocol.Error):
                     self.log.warning("host reported an error: %s: %s", event.code, event.message)
         # the session's sync state after all of it (a batch may hold a sync reply and garbage)

@@ -15,9 +15,11 @@ _MISSING = object()
 class Record(object):
     """One state of the published data plus its status flags."""
 
-    __slots__ = ("seq", "host_id", "generation", "values", "received_at", "stale", "connected")
+    __slots__ = ("seq", "host_id", "generation", "values", "received_at", "stale", "connected",
+                 "stale_reason")
 
-    def __init__(self, seq, host_id, generation, values, received_at, stale, connected):
+    def __init__(self, seq, host_id, generation, values, received_at, stale, connected,
+                 stale_reason=None):
         self.seq = seq
         self.host_id = host_id
         self.generation = generation
@@ -25,6 +27,8 @@ class Record(object):
         self.received_at = received_at
         self.stale = stale
         self.connected = connected
+        # why the data is stale, for people (None when fresh); see freshness.py
+        self.stale_reason = stale_reason if stale else None
 
     def copy(self, **changes):
         fields = dict((name, getattr(self, name)) for name in self.__slots__)
@@ -40,7 +44,8 @@ class Record(object):
         """The values.json document."""
         return {"seq": self.seq, "host_id": self.host_id, "generation": self.generation,
                 "stale": self.stale, "connected": self.connected,
-                "received_at": self.received_at, "values": dict(self.values)}
+                "received_at": self.received_at, "values": dict(self.values),
+                "stale_reason": self.stale_reason}
 
     @classmethod
     def from_json(cls, doc):
@@ -61,8 +66,10 @@ class Record(object):
             values = protocol.validate_values(doc.get("values"))
         except protocol.ProtocolError as err:
             raise ValueError(str(err))
+        reason = doc.get("stale_reason")
         return cls(seq, host_id, generation, values, float(received_at),
-                   bool(doc.get("stale", True)), bool(doc.get("connected", False)))
+                   bool(doc.get("stale", True)), bool(doc.get("connected", False)),
+                   reason if isinstance(reason, str) else None)
 
     def __repr__(self):
         return "Record(seq=%d, host_id=%r, generation=%d, %d keys, stale=%s, connected=%s)" % (

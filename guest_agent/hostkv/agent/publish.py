@@ -48,7 +48,11 @@ _encode_string = json.encoder.encode_basestring     # the C encoder's string esc
 
 
 class NoData(Exception):
-    """Nothing has been published in the run dir (or it is unreadable)."""
+    """Nothing (readable) is published; ``errno`` of the failed call, if one failed."""
+
+    def __init__(self, message, errno=None):
+        Exception.__init__(self, message)
+        self.errno = errno
 
 
 def rmtree(path):
@@ -134,10 +138,12 @@ def values_json_text(record):
     sort_keys=True)`` - byte for byte except that ``received_at`` has six decimals (a unit test
     holds it to that)."""
     values = record.values
+    reason = record.stale_reason
     return ('{"connected": %s, "generation": %d, "host_id": %s, "received_at": %s, "seq": %d, '
-            '"stale": %s, "values": {%s}}') % (
+            '"stale": %s, "stale_reason": %s, "values": {%s}}') % (
         "true" if record.connected else "false", record.generation, _encode_string(record.host_id),
         _seconds(record.received_at), record.seq, "true" if record.stale else "false",
+        "null" if reason is None else _encode_string(reason),
         ", ".join([_encode_string(k) + ": " + _encode_string(values[k]) for k in sorted(values)]))
 
 
@@ -213,6 +219,13 @@ class Publisher(object):
 
     def prepare(self):
         """Create the run dir and remove leftovers of killed publications."""
+        self.make_dirs()
+        current = self.current_name()
+        self._current = current
+        self._cleanup(keep=set([current]) if current else set())
+
+    def make_dirs(self):
+        """Create the run dir and snapshots/ (0755) if they are missing."""
         for path in (self.run_dir, self.snap_dir):
             try:
                 os.makedirs(path, 0o755)
@@ -220,9 +233,6 @@ class Publisher(object):
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
-        current = self.current_name()
-        self._current = current
-        self._cleanup(keep=set([current]) if current else set())
 
     def close(self):
         """Release the spare's open files (the agent stops); the dir is removed at the next start."""
@@ -450,7 +460,7 @@ def current_dir(run_dir):
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             raise NoData("nothing published in %s" % run_dir)
-        raise NoData("cannot read %s: %s" % (os.path.join(run_dir, CURRENT), err.strerror))
+        raise NoData("cannot read %s: %s" % (os.path.join(run_dir, CURRENT), err.strerror), err.errno)
     return os.path.join(run_dir, target)
 
 
@@ -471,7 +481,7 @@ def read_current(run_dir, attempts=10):
                 last = err
                 time.sleep(0.01)
                 continue
-            raise NoData("cannot read %s: %s" % (path, err.strerror))
+            raise NoData("cannot read %s: %s" % (path, err.strerror), err.errno)
         try:
             return json.loads(data.decode("utf-8"))
         except ValueError as err:

@@ -17,7 +17,7 @@ A publication that fails (run dir unwritable) is retried every 5 s (``next_deadl
 """
 
 from hostkv import protocol
-from hostkv.agent import cache, log, restore
+from hostkv.agent import cache, liveness, log, restore
 from hostkv.agent.model import History, Record, changed_keys
 from hostkv.agent.publish import NoData, Publisher, read_current
 
@@ -62,8 +62,14 @@ class Store(object):
         self._confirmed = False      # the host confirmed the data since this agent started
         self._retry_at = None
         self._published = None       # the record the run dir shows
+        self.lock = liveness.AgentLock(run_dir)
+        self.undeliverable = None    # the host's message while it cannot deliver our values
 
     # ------------------------------------------------------------ start and stop
+
+    def make_dirs(self):
+        """Create the run dir (the control socket lives there too) before anything else."""
+        self.publisher.make_dirs()
 
     def restore(self):
         """Publish what restore.plan() says (stale), or nothing; set up History."""
@@ -82,30 +88,36 @@ class Store(object):
         if restored is not None:
             if restored.save:
                 self._save_cache(restored.record)
-            self.record, self.seq = restored.record, restored.record.seq
+            self.record = restored.record.copy(
+                stale_reason="restored from %s at start; not yet confirmed by the host" % restored.source)
+            self.seq = restored.record.seq
             self.log.info("restored seq %d (host %r, %d keys) from %s; published as stale",
                           self.seq, self.record.host_id, len(self.record.values), restored.source)
-            self._publish()
+            self._publish()          # takes agent.lock once the run dir shows the data stale
         else:
             self.log.info("no cached data; waiting for the host")
+            self._hold_lock()
         self.history = History(self.seq, self.record.values if self.record else {})
 
     def close(self):
         """The agent stops: the data is republished stale and the cache marked clean."""
         if self.record is None:
             self.publisher.close()
+            self.lock.release()
             return
         if self.record.connected or not self.record.stale:
-            self.record = self.record.copy(connected=False, stale=True)
+            self.record = self.record.copy(connected=False, stale=True, stale_reason="the agent stopped")
             self._publish()
         self._save_cache(self.record, clean=True)      # nothing is ahead of it: see restore.py
         self.publisher.close()
+        self.lock.release()
 
     # ------------------------------------------------------------ data
 
     def apply(self, snap, connected):
         """Publish ``snap``; returns the :class:`Change` (the swap is its last step)."""
         self.stats["snapshots"] += 1
+        self.undeliverable = None
         prev = self.record
         now = self.wall()
         if prev is None or not prev.same_data(snap):
@@ -150,18 +162,33 @@ class Store(object):
         if record is None:
             return
         if connected and not record.connected:
-            self.record = record.copy(connected=True)
+            self.record = record.copy(connected=True, stale_reason=(
+                "host connected; waiting for its snapshot" if record.stale else None))
         elif not connected and (record.connected or not record.stale):
-            self.record = record.copy(connected=False, stale=True)
+            self.record = record.copy(connected=False, stale=True, stale_reason="host not connected")
         else:
             return
         self._publish()
 
+    def snapshot_undeliverable(self, message):
+        """The host cannot deliver our values (docs/PROTOCOL.md): publish what we have stale,
+        with the host's reason, until the next snapshot.  True the first time (log it then)."""
+        first = self.undeliverable is None
+        self.undeliverable = message
+        record = self.record
+        reason = "the host cannot deliver this guest's current values: %s" % message
+        if record is not None and (not record.stale or record.stale_reason != reason):
+            self.record = record.copy(stale=True, stale_reason=reason)
+            self._publish()
+        return first
+
     def status(self):
-        reply = {"seq": self.seq, "published": self.record is not None, "run_dir": self.run_dir}
+        reply = {"seq": self.seq, "published": self.record is not None, "run_dir": self.run_dir,
+                 "undeliverable": self.undeliverable}
         record = self.record
         if record is not None:
             reply.update(host_id=record.host_id, generation=record.generation, stale=record.stale,
+                         stale_reason=record.stale_reason, connected_published=record.connected,
                          received_at=record.received_at, keys=len(record.values))
         if self.last_change is not None and self.last_change.timings:
             reply["timings"] = dict(self.last_change.timings, seq=self.last_change.record.seq)
@@ -197,3 +224,15 @@ class Store(object):
         self.stats["publications"] += 1
         self._retry_at = None
         self._published = self.record
+        self._hold_lock()
+
+    def _hold_lock(self):
+        """Hold agent.lock (liveness.py) from now on - only once the run dir shows this agent's
+        own publication or none, never a killed agent's last words."""
+        if self.lock.fd is not None:
+            return
+        try:
+            self.lock.acquire()
+        except OSError as err:
+            # readers then see the data as stale (the safe side); tried again at each publication
+            self.log.error("cannot hold %s: %s; readers will see the data as stale", self.lock.path, err)
