@@ -126,6 +126,7 @@ def domain_identity(xml):
 POLICIES = ("all", "none", "opaque")     # which host.* keys a guest sees (HostkvMetadata.policy)
 LOCAL = "local"                          # the source name of keys set in <key> (hostkvctl vm set)
 MAX_LINK_ATTR_BYTES = 1024
+BOOKKEEPING_ATTRS = ("fetched",)         # link attributes a key source updates (not what it points at)
 _ATTR_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz-")
 
 
@@ -154,10 +155,13 @@ class SourceLink(object):
     def __repr__(self):
         return "SourceLink(%r, %r, %d keys)" % (self.type, self.attrs, len(self.values))
 
+    def identity(self):
+        """The attributes that say what the link points at (all but :data:`BOOKKEEPING_ATTRS`)."""
+        return dict((k, v) for k, v in self.attrs.items() if k not in BOOKKEEPING_ATTRS)
+
     def describe(self):
         """``cobbler system=web1 server=http://...``: how status lines name the link."""
-        return " ".join([self.type] + ["%s=%s" % kv for kv in sorted(self.attrs.items())
-                                       if kv[0] != "fetched"])
+        return " ".join([self.type] + ["%s=%s" % kv for kv in sorted(self.identity().items())])
 
 
 class HostkvMetadata(object):
