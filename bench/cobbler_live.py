@@ -49,6 +49,8 @@ from tests.harness import PYTHONPATH, use_checkout  # noqa: E402
 use_checkout()
 
 FANOUT = os.path.join(REPO, "bench", "fanout.py")
+sys.path.insert(0, os.path.dirname(FANOUT))
+from fanout import read_event  # noqa: E402  (its simulator's event reader; the simulator is run from there too)
 HOST_SYSTEM = "bench-kvm-host"
 
 
@@ -146,21 +148,6 @@ def cpu_seconds(pid):
 
 # ---------------------------------------------------------------- fan-out
 
-def read_event(sim, want, timeout):
-    import select
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sim.stdout], [], [], left)[0]:
-            raise RuntimeError("simulator never reported %s" % want)
-        line = sim.stdout.readline()
-        if not line:
-            raise RuntimeError("simulator exited (%s)" % sim.poll())
-        obj = json.loads(line)
-        if obj["event"] == want:
-            return obj
-
-
 def edit_host_record(cobbler, value):
     api, token = cobbler.xmlrpc, cobbler.token
     meta = dict(api.get_system(HOST_SYSTEM)["autoinstall_meta"])
@@ -170,21 +157,26 @@ def edit_host_record(cobbler, value):
     api.save_system(handle, token)
 
 
-def fanout_rounds(cobbler, sim, n, rounds, tag):
+def fanout_rounds(cobbler, sim, n, rounds, tag, interval, control_path):
+    from hostkv.hostkvctl import control_client
     out = []
     for i in range(rounds):
         value = "%s-%d" % (tag, i)
-        time.sleep(random.uniform(0, 1.0))      # not in phase with hostkvd's polls
+        time.sleep(random.uniform(0, interval))  # any phase of hostkvd's poll cycle
         edit_host_record(cobbler, value)
-        t0 = time.monotonic()                   # the edit is saved: what the admin's click returned
+        t0, w0 = time.monotonic(), time.time()   # the edit is saved: what the admin's click returned
         seen = read_event(sim, "all-seen", 120)
         if seen["value"] != value:
             raise RuntimeError("simulator saw %r, expected %r" % (seen["value"], value))
         times = sorted(t - t0 for t in seen["times"])
+        # the poll that saw the change: hostkvd's last poll start (wall clock, this machine)
+        ks = control_client.request(control_path, {"op": "status"}, 10)["status"]["keysources"]["cobbler"]
+        after_poll = w0 + times[-1] - ks["last_poll"]
         out.append({"first_s": times[0], "median_s": statistics.median(times), "last_s": times[-1],
-                    "spread_s": times[-1] - times[0]})
-        print("  %s round %d: edit saved -> first guest %.3f s, last of %d guests %.3f s (spread %.3f s)"
-              % (tag, i + 1, times[0], n, times[-1], times[-1] - times[0]), flush=True)
+                    "spread_s": times[-1] - times[0], "poll_to_last_s": after_poll})
+        print("  %s round %d: edit saved -> first guest %.3f s, last of %d guests %.3f s (spread %.3f s; "
+              "hostkvd's poll -> last guest %.3f s)" % (tag, i + 1, times[0], n, times[-1],
+                                                         times[-1] - times[0], after_poll), flush=True)
     return out
 
 
@@ -235,15 +227,16 @@ def main():
             f.write("[cobbler]\nserver = %s\ninterval = %g\nhost_system = %s\ncache = %s\n"
                     % (cobbler.api_url, args.interval, HOST_SYSTEM, os.path.join(work, "cache.json")))
         log = open(os.path.join(work, "hostkvd.log"), "wb")
+        ctl = os.path.join(work, "c.sock")
         hostkvd = subprocess.Popen([sys.executable, "-m", "hostkv.hostkvd", "--config", conf,
-                                    "--control-socket", os.path.join(work, "c.sock"), "--channel-dir", chan_dir,
+                                    "--control-socket", ctl, "--channel-dir", chan_dir,
                                     "--host-id", "cobbler-bench", "--log-level", "warning"],
                                    stdout=log, stderr=log, env=env)
         seen = read_event(sim, "all-seen", 120)
         if seen["value"] != "start":
             raise RuntimeError("first value %r" % seen["value"])
         print("fan-out, cobblerd otherwise idle (hostkvd interval %g s, %d guests):" % (args.interval, args.guests))
-        result["fanout_idle"] = fanout_rounds(cobbler, sim, args.guests, args.rounds, "idle")
+        result["fanout_idle"] = fanout_rounds(cobbler, sim, args.guests, args.rounds, "idle", args.interval, ctl)
 
         # cobblerd idle CPU baseline (hostkvd's own poll only)
         c0, t0 = cpu_seconds(cpid), time.monotonic()
@@ -260,7 +253,7 @@ def main():
         c1, t1 = cpu_seconds(cpid), time.monotonic()
         polls_in_cpu_window = args.pollers / args.interval * (t1 - t0)
         print("fan-out while the pollers run:")
-        result["fanout_loaded"] = fanout_rounds(cobbler, sim, args.guests, args.rounds, "loaded")
+        result["fanout_loaded"] = fanout_rounds(cobbler, sim, args.guests, args.rounds, "loaded", args.interval, ctl)
         time.sleep(max(0.0, pollers.stop_at - time.time()))
         lat, fails = pollers.results()
         result.update({
@@ -284,6 +277,7 @@ def main():
     last = [r["last_s"] for r in result["fanout_idle"]]
     last_l = [r["last_s"] for r in result["fanout_loaded"]]
     spread = [r["spread_s"] for r in result["fanout_idle"] + result["fanout_loaded"]]
+    after_poll = [r["poll_to_last_s"] for r in result["fanout_idle"] + result["fanout_loaded"]]
     if result.get("cobblerd_cpu_ms_per_poll"):
         # the fleet at which the polls alone keep half of one core busy (cobblerd is one Python process)
         result["fleet_for_half_core"] = int(0.5 * args.interval / (result["cobblerd_cpu_ms_per_poll"] / 1000.0))
@@ -295,9 +289,10 @@ def main():
               % (result["cobblerd_idle_cpu_percent"], result["cobblerd_cpu_percent"], args.pollers,
                  result["poll_rate_per_s"], result["cobblerd_cpu_ms_per_poll"] or 0, result["poll_p50_ms"],
                  result["poll_p99_ms"], result["poll_max_ms"] or 0, result["polls"], result["failed_polls"]))
-        print("one edit -> last of %d guests: idle %s s, under load %s s; first-to-last spread max %.3f s"
+        print("one edit -> last of %d guests: idle %s s, under load %s s; first-to-last spread max %.3f s; "
+              "hostkvd's poll -> last guest max %.3f s"
               % (args.guests, "/".join("%.2f" % x for x in last), "/".join("%.2f" % x for x in last_l),
-                 max(spread)))
+                 max(spread), max(after_poll)))
         if "fleet_for_half_core" in result:
             print("polls alone keep half of cobblerd's core busy at ~%d hosts (interval %g s)"
                   % (result["fleet_for_half_core"], args.interval))

@@ -174,6 +174,17 @@ def test_an_invalid_record_is_skipped_and_a_removed_option_removes_the_key(live,
     assert a.hostkvds[-1].log()[mark:].count("hostkv_vm_r@le") == 1
     live.edit_system("web2", "~hostkv_vm_r@le")
     arrives(g2, "vm.role", "must-not-arrive", "the record once fixed")
+    # the host's own record with a value over the limit: skipped whole, host keys unchanged
+    mark = a.hostkvds[-1].log_size()
+    live.edit_system("hostkv-test-a", "hostkv_host_big=%s hostkv_host_rack=r8" % ("x" * 5000))
+    a.hostkvds[-1].wait_log("hostkv_host_big", timeout=BOUND, after=mark)
+    text = a.hostkvds[-1].log()[mark:]
+    assert "Cobbler system hostkv-test-a (this host): hostkv_host_big" in text, text
+    assert "the limit is 4096" in text and "record skipped, host keys unchanged" in text, text
+    time.sleep(INTERVAL * 2)
+    assert (g2.key("host.rack"), g2.key("host.big")) == ("r7", None)
+    live.edit_system("hostkv-test-a", "~hostkv_host_big")
+    arrives(g2, "host.rack", "r8", "the host record once fixed")
     # removing an option in Cobbler removes the key from the guest
     live.edit_system("web1", "~hostkv_vm_app")
     arrives(g1, "vm.app", None, "an option removed in Cobbler")
