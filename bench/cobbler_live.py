@@ -148,13 +148,28 @@ def cpu_seconds(pid):
 
 # ---------------------------------------------------------------- fan-out
 
-def edit_host_record(cobbler, value):
-    api, token = cobbler.xmlrpc, cobbler.token
-    meta = dict(api.get_system(HOST_SYSTEM)["autoinstall_meta"])
-    meta["hostkv_host_fanout"] = value
-    handle = api.get_system_handle(HOST_SYSTEM, token)
-    api.modify_system(handle, "autoinstall_meta", meta, token)
-    api.save_system(handle, token)
+EDIT_FAILURES = []
+
+
+def edit_host_record(cobbler, value, attempts=5):
+    """The admin's edit (a fresh connection each time, like a browser's request through Apache);
+    an attempt the loaded server drops is retried and counted in EDIT_FAILURES."""
+    import xmlrpc.client
+    for attempt in range(attempts):
+        try:
+            api = xmlrpc.client.ServerProxy(cobbler.api_url, allow_none=True)
+            token = cobbler.token
+            meta = dict(api.get_system(HOST_SYSTEM)["autoinstall_meta"])
+            meta["hostkv_host_fanout"] = value
+            handle = api.get_system_handle(HOST_SYSTEM, token)
+            api.modify_system(handle, "autoinstall_meta", meta, token)
+            api.save_system(handle, token)
+            return
+        except (OSError, xmlrpc.client.ProtocolError, ConnectionError) as err:
+            EDIT_FAILURES.append("%s: %s" % (type(err).__name__, str(err)[:100]))
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def fanout_rounds(cobbler, sim, n, rounds, tag, interval, control_path):
@@ -260,7 +275,7 @@ def main():
             "cobblerd_cpu_percent": 100.0 * (c1 - c0) / (t1 - t0),
             "cobblerd_cpu_ms_per_poll": 1000.0 * (c1 - c0) / polls_in_cpu_window,
             "polls": len(lat), "poll_rate_per_s": args.pollers / args.interval, "failed_polls": len(fails),
-            "failures_sample": sorted(set(fails))[:3],
+            "failures_sample": sorted(set(fails))[:3], "admin_edit_failures": list(EDIT_FAILURES),
             "poll_p50_ms": 1000 * pct(lat, 50), "poll_p99_ms": 1000 * pct(lat, 99),
             "poll_max_ms": 1000 * max(lat) if lat else None})
     finally:
@@ -293,6 +308,11 @@ def main():
               "hostkvd's poll -> last guest max %.3f s"
               % (args.guests, "/".join("%.2f" % x for x in last), "/".join("%.2f" % x for x in last_l),
                  max(spread), max(after_poll)))
+        if EDIT_FAILURES:
+            print("the admin's edit (through the front) was dropped %d time(s) and retried: %s"
+                  % (len(EDIT_FAILURES), "; ".join(sorted(set(EDIT_FAILURES)))))
+        if result["failures_sample"]:
+            print("poll failures: %s" % "; ".join(result["failures_sample"]))
         if "fleet_for_half_core" in result:
             print("polls alone keep half of cobblerd's core busy at ~%d hosts (interval %g s)"
                   % (result["fleet_for_half_core"], args.interval))
