@@ -108,10 +108,16 @@ class Pollers(object):
         per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
         for count in per:
             parent, child = multiprocessing.Pipe(duplex=False)
-            p = multiprocessing.Process(target=poller_proc,
+            p = multiprocessing.Process(target=poller_proc, daemon=True,   # never outlive a failed run
                                         args=(url, count, interval, self.start_at, self.stop_at, child))
             p.start()
             self.children.append((p, parent))
+
+    def kill(self):
+        for p, _conn in self.children:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
 
     def results(self):
         lat, fails = [], []
@@ -212,7 +218,7 @@ def main():
     work = tempfile.mkdtemp(prefix="hostkv-cbench-")
     result = {"pollers": args.pollers, "interval_s": args.interval, "guests": args.guests,
               "cores": os.cpu_count()}
-    sim = hostkvd = None
+    sim = hostkvd = pollers = None
     cobbler = CobblerServer().start()
     try:
         boot = os.path.join(work, "boot")
@@ -279,6 +285,8 @@ def main():
             "poll_p50_ms": 1000 * pct(lat, 50), "poll_p99_ms": 1000 * pct(lat, 99),
             "poll_max_ms": 1000 * max(lat) if lat else None})
     finally:
+        if pollers is not None:
+            pollers.kill()
         for p in (hostkvd, sim):
             if p is not None and p.poll() is None:
                 p.terminate()
