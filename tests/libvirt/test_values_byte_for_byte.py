@@ -38,8 +38,9 @@ def defined(lv_hosts):
 
 def _all_views(host, dom):
     """The vm.* values as each reader sees them: the metadata API, XMLDesc, the saved definition."""
-    api, problems = vm_keys.get(dom, config=True)
+    meta, problems = vm_keys.get(dom, config=True)
     assert problems == []
+    api = meta.effective()[0]
     xml = domain_xml.metadata_from_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     with open(os.path.join(host.basedir, "etc", "qemu", dom.name() + ".xml"), encoding="utf-8") as f:
         saved = domain_xml.metadata_from_domain(f.read())
