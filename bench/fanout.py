@@ -60,7 +60,7 @@ def simulate(directory, count):
 
     async def guest(idx, reader, writer):
         sess = protocol.GuestSession(agent_name="fanout-sim")
-        sess.connected()
+        sess.connect()
         writer.write(sess.data_to_send())
         last = None
         while True:

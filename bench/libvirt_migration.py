@@ -7,10 +7,18 @@ libvirtd, own hostkvd with the libvirt source), one test guest migrated A -> B -
 
 Per migration it measures, on the host's monotonic clock:
   * resumed_to_visible: from the destination libvirtd's RESUMED(migrated) lifecycle event (received
-    by this process through libvirt's default event loop) to the moment the guest's published
-    ``/run/hostkv/keys/host.hostname`` names the destination host.  A small watcher in the guest
-    polls that file every 2 ms and prints a marker line on the serial console (a file on the host,
-    tailed here every 1 ms) when it changes; the time the marker appears is "visible";
+    by this process through libvirt's default event loop) to the moment the guest's agent shows the
+    destination host.  A recorder in the guest blocks in the agent's ``watch`` on host.hostname and
+    prints a marker line on the serial console (a file on the host, tailed here every 1 ms) as soon
+    as it is answered; the time the marker appears is "visible".  (Until 2026-12 a watcher polled
+    the published file every 2 ms instead - which kept the guest's one vCPU busy.)
+  * floor: the same for the floor twin (bench/floor.py) in the same guest and migration: a second
+    virtio-serial channel ``org.hostkv.floor.0``, a minimal host writer that connects to the
+    destination's socket as soon as the incoming domain has one and pushes one line, and a minimal
+    guest reader that prints the line on the console the moment read() returns it; the ratio
+    hostkv / floor per migration;
+  * the agent's per-stage split after RESUMED (``hostkv status --json`` ``timings``, guest clock
+    related to the host's through /proc/timer_list);
   * exec_confirm: when a read through the test exec channel, started at RESUMED, confirmed it
     (an upper bound with the exec round trip in it);
   * migrate_call: how long dom.migrate() took to return;
@@ -38,51 +46,51 @@ use_checkout()
 
 import libvirt  # noqa: E402
 
+from bench import guest_clock  # noqa: E402
+from bench.floor import (FLOOR_PORT, FLOOR_READER, STATUS_STAGES, percentile, stage_split,  # noqa: E402
+                         summary)
 from tests.harness import libvirt_hosts as lh  # noqa: E402
 from tests.harness.guest_image import build_guest_image  # noqa: E402
 
-
-def percentile(values, p):
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(values):
-    return {"n": len(values), "min": min(values), "median": statistics.median(values),
-            "p95": percentile(values, 95), "max": max(values)}
-
-
 GUEST_WATCHER = r"""
-import os, sys, time
-path = "/run/hostkv/keys/host.hostname"
-last = None
+import json, os, socket, time
 con = os.open("/dev/console", os.O_WRONLY)
+seq = 0                      # since 0: the first answer is at once, with the current value
 while True:
     try:
-        with open(path) as f:
-            v = f.read()
-    except OSError:
-        v = None
-    if v != last:
-        os.write(con, ("\nhostkv-bench: host.hostname=%s\n" % v).encode())
-        last = v
-    time.sleep(0.002)
+        s = socket.socket(socket.AF_UNIX); s.connect("/run/hostkv/agent.sock"); f = s.makefile("rwb")
+        req = {"op": "watch", "key": "host.hostname", "since": seq}
+        f.write((json.dumps(req) + "\n").encode()); f.flush()
+        r = json.loads(f.readline()); s.close()
+    except (OSError, ValueError):
+        time.sleep(0.1); continue
+    if not r.get("ok"):
+        time.sleep(0.05); continue
+    os.write(con, ("\nhostkv-bench: host.hostname=%s\n" % r.get("value")).encode())
+    seq = r["seq"]
 """
+
+FLOOR_CHANNEL = ("<channel type='unix'><source mode='bind'/><target type='virtio' name='%s'/></channel>"
+                 % FLOOR_PORT)
 
 
 class ConsoleTail(object):
-    """Follows the guest's console log file; ``wait_for(text)`` returns when ``text`` appears."""
+    """Follows the guest's console log file.  ``wait_for(text)`` returns when ``text`` appears;
+    ``wait_for_all(texts)`` returns {text: when it first appeared} once all have (one pass over
+    the file for all of them: a marker that comes first is timed when it comes, not when it is
+    looked for)."""
 
     def __init__(self, path):
         self.path = path
         self.offset = os.path.getsize(path)
 
     def wait_for(self, text, timeout=30.0, interval=0.001):
+        return self.wait_for_all([text], timeout, interval)[text]
+
+    def wait_for_all(self, texts, timeout=30.0, interval=0.001):
         deadline = time.monotonic() + timeout
         buf = b""
-        needle = text.encode()
+        seen = {}
         with open(self.path, "rb") as f:
             while True:
                 f.seek(self.offset)
@@ -91,11 +99,80 @@ class ConsoleTail(object):
                     now = time.monotonic()
                     self.offset += len(chunk)
                     buf += chunk
-                    if needle in buf:
-                        return now
+                    for text in texts:
+                        if text not in seen and text.encode() in buf:
+                            seen[text] = now
+                    if len(seen) == len(texts):
+                        return seen
                 if time.monotonic() > deadline:
-                    raise RuntimeError("console never showed %r" % text)
+                    raise RuntimeError("console never showed %r" % [t for t in texts if t not in seen])
                 time.sleep(interval)
+
+
+class FloorWriter(object):
+    """The floor twin's host side on the destination: connect to the incoming domain's floor
+    socket as soon as its live XML names one, push one line, hold the connection."""
+
+    def __init__(self, host, dom_name, line):
+        self.host, self.dom_name, self.line = host, dom_name, line
+        self.sock = None
+        self.error = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import socket
+        from hostkv.hostkvd import domain_xml
+        conn = self.host.open()
+        deadline = time.monotonic() + 120
+        try:
+            while not self._stop and time.monotonic() < deadline:
+                try:
+                    xml = conn.lookupByName(self.dom_name).XMLDesc(0)
+                    path = domain_xml.channel_socket_path(xml, FLOOR_PORT)[0]
+                except libvirt.libvirtError:
+                    path = None
+                if path:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        s.connect(self.host.outside_path(path))
+                        s.sendall((self.line + "\n").encode())
+                        self.sock = s
+                        return
+                    except OSError:
+                        s.close()
+                time.sleep(0.002)
+            self.error = "no floor socket on %s" % self.host.name
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self._thread.join(5)
+        if self.sock is not None:
+            self.sock.close()
+
+
+def clock_offset(g):
+    """(guest CLOCK_MONOTONIC - host monotonic, error bound)."""
+    return guest_clock.offset(lambda argv: g.exec.run(cmd=argv, timeout=20)["stdout"])
+
+
+def start_guest_with_floor(host, name, image, workdir, metadata_values):
+    """lh.start_guest, plus the floor twin's channel (a transient domain)."""
+    from tests.harness import accel
+    from hostkv.hostkvd import domain_xml as dx
+    console_log = os.path.join(workdir, "%s.console.log" % name)
+    meta = dx.metadata_element(metadata_values).replace(
+        "<keys>", "<hostkv:keys xmlns:hostkv='%s'>" % dx.NS, 1).replace("<key ", "<hostkv:key ").replace(
+        "</key>", "</hostkv:key>").replace("</keys>", "</hostkv:keys>")
+    xml = lh.domain_xml(name, kernel=image.kernel, initrd=image.initrd,
+                        cmdline="console=ttyS0 quiet panic=-1 hostkv.hostname=%s" % name,
+                        console_log=console_log, domain_type=accel.libvirt_domain_type(), metadata_xml=meta)
+    xml = xml.replace("<memballoon", FLOOR_CHANNEL + "\n    <memballoon", 1)
+    host.conn.createXML(xml, 0)
+    return lh.LibvirtGuest(host, name, console_log)
 
 
 class ResumedWatcher(object):
@@ -141,8 +218,10 @@ def main():
     os.chmod(base, 0o755)
     work = lh.make_world_readable_dir("hostkv-bench-lvw-")
     hosts = []
-    results = {"resumed_to_visible": [], "exec_confirm": [], "migrate_call": [], "resumed_before_return": [],
-               "poll_rtt": []}
+    results = {"resumed_to_visible": [], "floor": [], "ratio": [], "exec_confirm": [], "migrate_call": [],
+               "resumed_before_return": [], "poll_rtt": []}
+    stages = dict((label, []) for _key, label in STATUS_STAGES)
+    floor_writer = None
     try:
         a = lh.LibvirtHost("a", os.path.join(base, "a")).start()
         hosts.append(a)
@@ -152,16 +231,24 @@ def main():
             h.start_hostkvd("[host]\nhost.rack = r%s\n" % h.name)
         watcher = ResumedWatcher()
         keep = [watcher.register(h) for h in hosts]   # noqa: F841 - the connections must stay open
-        g = lh.start_guest(a, "bench1", image, work, metadata_values={"vm.role": "bench"}, persistent=False)
+        g = start_guest_with_floor(a, "bench1", image, work, metadata_values={"vm.role": "bench"})
         g.wait_booted()
         g.wait_key("host.hostname", a.hostname, timeout=30)
         tail = ConsoleTail(g.console_log)
+        floor_writer = FloorWriter(a, g.name, "floor-0")
         g.exec.run(cmd=["sh", "-c", "cat > /tmp/hostkv-bench-watch.py"], stdin=GUEST_WATCHER, check=True)
         g.exec.run(sh="setsid python3 /tmp/hostkv-bench-watch.py </dev/null >/dev/null 2>&1 &", check=True)
+        g.exec.run(cmd=["sh", "-c", "cat > /tmp/hostkv-bench-floor.py"], stdin=FLOOR_READER, check=True)
+        g.exec.run(sh="setsid python3 /tmp/hostkv-bench-floor.py %s --console </dev/null >/dev/null 2>&1 &"
+                   % FLOOR_PORT, check=True)
         tail.wait_for("hostkv-bench: host.hostname=%s\r" % a.hostname, timeout=30)   # the tty adds \r
+        tail = ConsoleTail(g.console_log)
+        tail.offset = 0
+        tail.wait_for("hostkv-floor: floor-0\r", timeout=30)
         for i in range(args.migrations):
             dst = b if g.host is a else a
             done = {}
+            next_floor = FloorWriter(dst, g.name, "floor-%d" % (i + 1))
 
             def do_migrate(dom=g.dom(), dst_conn=dst.conn):
                 t0 = time.monotonic()
@@ -174,8 +261,12 @@ def main():
             tail = ConsoleTail(g.console_log)
             th = threading.Thread(target=do_migrate)
             th.start()
-            t_visible = tail.wait_for("hostkv-bench: host.hostname=%s\r" % dst.hostname, timeout=120)
+            marks = ("hostkv-bench: host.hostname=%s\r" % dst.hostname, "hostkv-floor: floor-%d\r" % (i + 1))
+            seen = tail.wait_for_all(marks, timeout=120)
+            t_visible, t_floor = seen[marks[0]], seen[marks[1]]
             t_resumed = watcher.wait(dst.name, g.name, timeout=120)
+            floor_writer.close()
+            floor_writer = next_floor
             g.host = dst
             polls, errors = 0, 0
             while True:
@@ -196,28 +287,48 @@ def main():
             t_call, t_return = done["call"]
             visible = t_visible
             results["resumed_to_visible"].append(visible - t_resumed)
+            results["floor"].append(t_floor - t_resumed)
+            results["ratio"].append((visible - t_resumed) / max(t_floor - t_resumed, 1e-6))
             results["exec_confirm"].append(p1 - t_resumed)
             results["migrate_call"].append(t_return - t_call)
             results["resumed_before_return"].append(t_return - t_resumed)
             results["poll_rtt"].append(p1 - p0)
             assert g.key("vm.role") == "bench"
+            split = {}
+            st = json.loads(g.exec.run(cmd=["hostkv", "status", "--json"])["stdout"])
+            if st.get("timings"):
+                offset, _rtt = clock_offset(g)
+                split = stage_split(st["timings"], t_resumed + offset)
+                for label, ms in split.items():
+                    stages[label].append(ms / 1000.0)
             if not args.json:
                 print("migration %d -> %s: migrate() %.2fs, resumed %.2fs before it returned, value "
-                      "visible %.3fs after RESUMED (console marker), exec read confirmed at %.3fs"
-                      % (i + 1, dst.name, t_return - t_call, t_return - t_resumed, visible - t_resumed,
-                         p1 - t_resumed))
+                      "visible %.3fs after RESUMED (console marker), floor %.3fs (ratio %.2f), exec read "
+                      "confirmed at %.3fs" % (i + 1, dst.name, t_return - t_call, t_return - t_resumed,
+                                              visible - t_resumed, t_floor - t_resumed,
+                                              results["ratio"][-1], p1 - t_resumed))
+                if split:
+                    print("        agent: " + ", ".join("%s +%.1f ms" % (label, ms) for label, ms in
+                                                        sorted(split.items(), key=lambda kv: kv[1])))
     finally:
+        if floor_writer is not None:
+            floor_writer.close()
         for h in hosts:
             h.stop()
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+    results.update(("stage " + label, v) for label, v in stages.items() if v)
     out = dict((k, summary(v)) for k, v in results.items())
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for k, s in out.items():
-            print("%-22s n=%d min %.3fs median %.3fs p95 %.3fs max %.3fs"
-                  % (k, s["n"], s["min"], s["median"], s["p95"], s["max"]))
+            unit = "" if k == "ratio" else "s"
+            print("%-28s n=%d min %.3f%s median %.3f%s p95 %.3f%s max %.3f%s"
+                  % (k, s["n"], s["min"], unit, s["median"], unit, s["p95"], unit, s["max"], unit))
+        hk, fl = out["resumed_to_visible"], out["floor"]
+        print("ratio hostkv / floor: of medians %.2f, of p95s %.2f" % (hk["median"] / fl["median"],
+                                                                        hk["p95"] / fl["p95"]))
     return 0
 
 

@@ -11,6 +11,13 @@ channel right after each landing (min-RTT of several samples; its error bound is
 
 Prints median / p95 / max of resume -> visible (ms), and the target (<= 100 ms p95).
 
+The floor twin (bench/floor.py) rides the same migrations: a second virtio-serial port in the same
+guest, a minimal host writer that pushes one line on connect (connected to the destination before
+the migration, like hostkvd), and a minimal guest reader that only time-stamps the line.  Per hop
+and as median / p95: hostkv resume -> visible, floor resume -> line, and the ratio hostkv / floor;
+plus the agent's own per-stage split (bytes at the agent, parsed, swapped, watchers answered,
+cache, hooks) from ``hostkv status --json`` (``timings``), or from its log line for older agents.
+
 ``--quiet-ms N``: after the destination resumes, wait N ms before the harness touches the guest
 (the exec channel's reconnect + ping, then the polling of the recorder's log) and before the
 source QEMU is stopped.  Both are test-harness activity competing for the guest's one TCG vCPU and
@@ -18,6 +25,8 @@ the host's 2 cores right in the measured window; on real hosts neither exists (t
 another machine, there is no exec server).  Default 0 = the harness's migrate() as is.
 """
 import argparse
+import json
+import re
 import os
 import statistics
 import sys
@@ -26,6 +35,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import guest_clock  # noqa: E402
+from bench.floor import (FLOOR_PORT, STATUS_STAGES, FloorWriter, percentile, read_floor_log,  # noqa: E402
+                         stage_split, start_floor_reader)
 from tests.harness import accel  # noqa: E402
 from tests.harness.guest_image import build_guest_image  # noqa: E402
 from tests.harness.hostkvd_proc import HostkvdProcess, uts_prefix  # noqa: E402
@@ -53,17 +65,9 @@ while True:
 """
 
 
-def clock_offset(guest, samples=7):
-    """(guest_monotonic - host_realtime, error bound) from the exchange with the smallest RTT."""
-    best = None
-    for _ in range(samples):
-        t0 = time.time()
-        rc, out, err = guest.exec(["head", "-3", "/proc/timer_list"])
-        t1 = time.time()
-        g = int(out.split("now at ")[1].split()[0]) / 1e9    # the guest's CLOCK_MONOTONIC
-        if best is None or t1 - t0 < best[1]:
-            best = (g - (t0 + t1) / 2, t1 - t0)
-    return best[0], best[1] / 2
+def clock_offset(guest):
+    """(guest_monotonic - host_realtime, error bound)."""
+    return guest_clock.offset(lambda argv: guest.exec(argv)[1], host_clock=time.time)
 
 
 def migrate_quietly(src, dst, quiet):
@@ -87,6 +91,31 @@ def migrate_quietly(src, dst, quiet):
                            downtime_ms=info.get("downtime"), total_time_ms=info.get("total-time"))
 
 
+_LOG_LINE = re.compile(r"seq (\d+): .*\(parsed in ([\d.]+) ms, published and watchers answered in "
+                       r"([\d.]+) ms, cached in ([\d.]+) ms\)")
+
+
+def agent_timings(guest, received_guest):
+    """The agent's time stamps of its last publication (guest CLOCK_MONOTONIC): from
+    ``hostkv status --json`` ``timings``, else reconstructed from an older agent's log line."""
+    rc, out, err = guest.exec(["hostkv", "status", "--json"])
+    try:
+        timings = json.loads(out).get("timings")
+    except ValueError:
+        timings = None
+    if timings:
+        return timings, "status"
+    rc, out, err = guest.exec(["tail", "-40", "/var/log/hostkv-agent.log"])
+    found = [m for m in map(_LOG_LINE.search, out.splitlines()) if m]
+    if not found:
+        return {}, "none"
+    parsed, published, cached = (float(x) / 1000.0 for x in found[-1].groups()[1:])
+    # the old agent's received_at is taken right after parsing
+    return {"read_at": received_guest - parsed, "parsed_at": received_guest,
+            "answered_at": received_guest + published,
+            "cached_at": received_guest + published + cached}, "log"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hops", type=int, default=10)
@@ -103,7 +132,8 @@ def main():
         hosts[name] = HostkvdProcess(os.path.join(work, name), channels=[socks[name]], config_text="",
                                      prefix=uts_prefix(name), extra_args=["--log-level", "info"]).start()
     guest = QemuGuest(work, socks[names[0]], image=build_guest_image())
-    latencies, errors, transport = [], [], []
+    rows = []
+    writer = None
     try:
         guest.start()
         guest.wait_ready(120)
@@ -111,7 +141,15 @@ def main():
         while guest.exec(["cat", "/run/hostkv/keys/host.hostname"])[1] != names[0]:
             assert time.monotonic() < deadline, guest.console_tail()
             time.sleep(0.1)
+        guest.hotplug_port(FLOOR_PORT, os.path.join(work, "floor.sock"))
+        writer = FloorWriter(os.path.join(work, "floor.sock"), "floor-0")
+        writer.wait_connected()
+        start_floor_reader(guest.write_file, guest.exec)
         guest.exec("python3 -c \"%s\" </dev/null >/tmp/recorder.err 2>&1 &" % RECORDER.replace('"', '\\"'))
+        deadline = time.monotonic() + 30
+        while "floor-0" not in guest.exec(["cat", "/tmp/floor.log"])[1]:
+            assert time.monotonic() < deadline, guest.exec(["cat", "/tmp/floor.err"])[1]
+            time.sleep(0.1)
         time.sleep(2)
         side = 0
         for hop in range(args.hops):
@@ -119,51 +157,80 @@ def main():
             if os.path.exists(socks[target]):
                 os.unlink(socks[target])
             dst = make_destination(guest, socks[target])
+            floor_path = [p.socket_path for p in dst.ports if p.name == FLOOR_PORT][0]
             mark = hosts[target].log_size()
             dst.start()
             hosts[target].wait_log("connected to %s" % socks[target], timeout=20, after=mark)
+            line = "floor-%d" % (hop + 1)
+            next_writer = FloorWriter(floor_path, line)
+            next_writer.wait_connected()
             result = migrate_quietly(guest, dst, args.quiet_ms / 1000.0) if args.quiet_ms \
                 else migrate(guest, dst)
+            writer.close()
+            writer = next_writer
             guest, side = dst, 1 - side
             resumed_host = result.resumed_at + (time.time() - time.monotonic())
             deadline = time.monotonic() + 20
-            seen = None
-            while seen is None:
+            seen = floor_t = None
+            while seen is None or floor_t is None:
                 rc, out, err = guest.exec(["cat", "/tmp/changes.log"])
-                for line in out.splitlines():
-                    t, received, value = line.split(" ", 2)
+                for row in out.splitlines():
+                    t, received, value = row.split(" ", 2)
                     if value == target:
                         seen, got = float(t), float(received)
-                assert time.monotonic() < deadline, "no change to %s recorded:\n%s\n%s" % (
-                    target, out, guest.console_tail())
-                if seen is None:
+                rc, out, err = guest.exec(["cat", "/tmp/floor.log"])
+                for t, text in read_floor_log(out):
+                    if text == line:
+                        floor_t = t
+                assert time.monotonic() < deadline, "hop %d: hostkv %s floor %s:\n%s" % (
+                    hop + 1, seen, floor_t, guest.console_tail())
+                if seen is None or floor_t is None:
                     time.sleep(0.1)
             offset, err_bound = clock_offset(guest)
-            latency = (seen - offset) - resumed_host
-            latencies.append(latency * 1000)
-            transport.append(((got - offset) - resumed_host) * 1000)
-            errors.append(err_bound * 1000)
+            resumed_guest = resumed_host + offset
+            timings, source = agent_timings(guest, got)
+            row = {"hostkv": (seen - resumed_guest) * 1000, "floor": (floor_t - resumed_guest) * 1000,
+                   "clock_error": err_bound * 1000, "downtime": result.downtime_ms,
+                   "stages": stage_split(timings, resumed_guest), "stages_from": source}
+            row["ratio"] = row["hostkv"] / row["floor"] if row["floor"] > 0 else float("inf")
+            rows.append(row)
             guest.exec(": > /tmp/changes.log")
-            print("hop %2d -> %s: resume -> visible %.1f ms (frame received by the agent at %.1f ms; "
-                  "clock error <= %.1f ms; downtime %s ms)" % (hop + 1, target, latency * 1000,
-                                                              transport[-1], err_bound * 1000,
-                                                              result.downtime_ms))
+            print("hop %2d -> %s: hostkv resume -> visible %.1f ms, floor resume -> line %.1f ms, "
+                  "ratio %.2f (clock error <= %.1f ms; downtime %s ms)"
+                  % (hop + 1, target, row["hostkv"], row["floor"], row["ratio"], row["clock_error"],
+                     result.downtime_ms))
+            print("        agent (%s): %s" % (source, ", ".join(
+                "%s +%.1f" % (label, ms) for label, ms in sorted(row["stages"].items(),
+                                                                  key=lambda kv: kv[1]))))
         if args.agent_log:
             rc, out, err = guest.exec(["cat", "/var/log/hostkv-agent.log"])
             print("agent log:\n" + "\n".join("  " + line for line in out.splitlines()[-8 * args.hops:]))
     finally:
+        if writer is not None:
+            writer.close()
         guest.stop(sync=False)
         for h in hosts.values():
             h.stop()
-    lat = sorted(latencies)
-    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     print("accelerator: %s; quiet window after resume: %d ms" % (accel.describe(), args.quiet_ms))
-    print("resume -> new value visible in the guest: median %.1f ms  p95 %.1f ms  max %.1f ms  (n=%d, "
-          "clock error median %.1f ms)" % (statistics.median(lat), p95, lat[-1], len(lat),
-                                           statistics.median(errors)))
-    print("of which resume -> snapshot received by the agent: median %.1f ms"
-          % statistics.median(transport))
-    print("target p95 <= 100 ms: %s" % ("met" if p95 <= 100 else "NOT met"))
+
+    def fig(values):
+        return "median %6.1f  p95 %6.1f  max %6.1f" % (statistics.median(values), percentile(values, 95),
+                                                      max(values))
+    hk, fl = [r["hostkv"] for r in rows], [r["floor"] for r in rows]
+    print("hostkv resume -> visible (ms):   %s  (n=%d, clock error median %.1f ms)"
+          % (fig(hk), len(rows), statistics.median(r["clock_error"] for r in rows)))
+    print("floor  resume -> line (ms):      %s" % fig(fl))
+    print("ratio hostkv / floor per hop:    %s" % fig([r["ratio"] for r in rows]))
+    print("ratio of medians %.2f, ratio of p95s %.2f (goal <= 2 at p95 under TCG: %s)" % (
+        statistics.median(hk) / statistics.median(fl), percentile(hk, 95) / percentile(fl, 95),
+        "met" if percentile(hk, 95) <= 2 * percentile(fl, 95) else "NOT met"))
+    labels = [label for _key, label in STATUS_STAGES]
+    for label in labels:
+        vals = [r["stages"][label] for r in rows if label in r["stages"]]
+        if vals:
+            print("  agent stage %-18s after resume: median %6.1f  p95 %6.1f ms"
+                  % (label, statistics.median(vals), percentile(vals, 95)))
+    print("target p95 <= 100 ms: %s" % ("met" if percentile(hk, 95) <= 100 else "NOT met"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,19 @@ Run it with the Python that runs cobblerd (the wrapper ``bin/hostkv-cobbler`` pi
   and every directory it created, so ``uninstall`` removes exactly those (plus the ``__pycache__``
   Python made inside directories it created) and ``status`` can tell intact/modified/missing.
 
+An admin's edit is never lost, with rpm's rules for its two kinds of files (``install`` runs again
+from the package's %posttrans on every upgrade):
+
+* the snippet and the template are configuration (like ``%config(noreplace)``; Fedora's cobbler
+  package treats Cobbler's own snippets so): one that differs from what hostkv last installed there
+  (or that was there before hostkv) is kept; if this version ships a different one, it is written
+  beside it as ``FILE.rpmnew``, and ``install`` says so on stdout.  Once the admin merges (or deletes theirs),
+  the next ``install`` takes over again and removes the ``.rpmnew``;
+* modules are code (like a plain ``%config``): an edited module is replaced, and the admin's copy
+  kept as ``FILE.rpmsave`` (not a ``.py``: Cobbler does not load it), said on stdout;
+* ``uninstall`` keeps an edited file as ``FILE.rpmsave`` (and a file that was there before hostkv
+  where it is), says so, and removes the ``.rpmnew`` files it wrote.
+
 ``--root DIR`` prefixes every target path (settings file, Cobbler dirs, manifest), for packaging and
 tests; the manifest records paths without the prefix.  Files are written atomically and durably
 (``hostkv/common/atomic.py``) and only when their content changed, so ``install`` is idempotent;
@@ -138,8 +151,11 @@ def _shared_module(name):
     return module
 
 
+CODE, CONFIG = "code", "config"
+
+
 def plan(args):
-    """[(source file, target path without root)] for this installation."""
+    """[(source file, target path without root, CODE or CONFIG)] for this installation."""
     settings = read_settings(args.settings or _reroot(args.root, SETTINGS), args.root)
     for key in ("autoinstall_snippets_dir", "autoinstall_templates_dir"):
         if not isinstance(settings.get(key), str) or not settings[key].startswith("/"):
@@ -152,15 +168,16 @@ def plan(args):
         for name in sorted(filenames):
             if name.endswith(".py"):
                 src = os.path.join(dirpath, name)
-                files.append((src, os.path.join(modules_dst, os.path.relpath(src, MODULES_SRC))))
+                files.append((src, os.path.join(modules_dst, os.path.relpath(src, MODULES_SRC)), CODE))
     common = _common_source()
     for name in sorted(os.listdir(common)):
         if name.endswith(".py"):
-            files.append((os.path.join(common, name), os.path.join(modules_dst, "_lib", "common", name)))
+            files.append((os.path.join(common, name),
+                          os.path.join(modules_dst, "_lib", "common", name), CODE))
     files.append((os.path.join(SNIPPETS_SRC, SNIPPET_NAME),
-                  os.path.join(settings["autoinstall_snippets_dir"], SNIPPET_NAME)))
+                  os.path.join(settings["autoinstall_snippets_dir"], SNIPPET_NAME), CONFIG))
     files.append((os.path.join(SNIPPETS_SRC, TEMPLATE_NAME),
-                  os.path.join(settings["autoinstall_templates_dir"], TEMPLATE_NAME)))
+                  os.path.join(settings["autoinstall_templates_dir"], TEMPLATE_NAME), CONFIG))
     return files
 
 
@@ -169,6 +186,14 @@ def plan(args):
 def _sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def _digest_or_none(path):
+    return _sha256(path) if os.path.isfile(path) else None
+
+
+def _say(text):
+    print("hostkv-cobbler: %s" % text)
 
 
 def _makedirs(path, created):
@@ -193,41 +218,90 @@ def load_manifest(root):
         raise InstallError("manifest %s is damaged: %s" % (path, err))
     if not isinstance(data.get("files"), dict) or not isinstance(data.get("dirs"), list):
         raise InstallError("manifest %s is damaged: no files/dirs lists" % path)
+    data.setdefault("rpmnew", {})       # manifests of earlier versions have none
     return data
 
 
 def install(args):
+    """Install or refresh every planned file (see the module docstring for an admin's edits).
+
+    Manifest: ``files`` maps each target to the sha256 of what hostkv installed there (None: a
+    file that was there before hostkv and is kept), ``rpmnew`` each ``.rpmnew`` written to its
+    sha256, ``dirs`` the directories created."""
     atomic = _shared_module("atomic")
-    old = load_manifest(args.root) or {"files": {}, "dirs": []}
+    old = load_manifest(args.root) or {"files": {}, "dirs": [], "rpmnew": {}}
     dirs = list(old["dirs"])
-    files = {}
+    files, rpmnew = {}, {}
     changed = 0
-    for src, dst in plan(args):
+    for src, dst, kind in plan(args):
         with open(src, "rb") as f:
             data = f.read()
         target = _reroot(args.root, dst)
         created = []
         _makedirs(os.path.dirname(target), created)
         dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
-        digest = hashlib.sha256(data).hexdigest()
-        if not (os.path.isfile(target) and _sha256(target) == digest):
+        new = hashlib.sha256(data).hexdigest()
+        ours = old["files"].get(dst)              # what we installed there last time
+        current = _digest_or_none(target)
+        if current is None or current == new or (ours is not None and current == ours):
+            if current != new:
+                atomic.write_atomic(target, data)
+                changed += 1
+            files[dst] = new
+        elif kind == CONFIG and new == ours:
+            files[dst] = ours           # an edit, and ours did not change: theirs stays (rpm: quiet)
+        elif kind == CONFIG:
+            # the admin's edit (or their own file of that name): theirs stays, ours goes beside it
+            files[dst] = ours
+            side = dst + ".rpmnew"
+            if _digest_or_none(_reroot(args.root, side)) != new:
+                atomic.write_atomic(_reroot(args.root, side), data)
+                changed += 1
+            rpmnew[side] = new
+            _say("kept your edited %s; the new version is %s (merge it into yours or replace yours "
+                 "with it, then run hostkv-cobbler install again)" % (dst, side))
+        else:
+            os.replace(target, target + ".rpmsave")
             atomic.write_atomic(target, data)
             changed += 1
-        files[dst] = digest
+            files[dst] = new
+            _say("%s had been edited: saved it as %s.rpmsave and installed the new version"
+                 % (dst, dst))
+    # .rpmnew files of earlier runs that are not needed any more (the admin merged)
+    for side, digest in old["rpmnew"].items():
+        if side not in rpmnew and _digest_or_none(_reroot(args.root, side)) == digest:
+            os.unlink(_reroot(args.root, side))
+            _say("removed %s (yours now matches it, or is gone)" % side)
     removed = 0
-    for dst in old["files"]:
-        if dst not in files and os.path.lexists(_reroot(args.root, dst)):
-            os.unlink(_reroot(args.root, dst))
-            removed += 1
+    for dst, digest in old["files"].items():
+        if dst not in files:
+            removed += _retire(args.root, dst, digest)
     manifest_path = _reroot(args.root, MANIFEST)
     created = []
     _makedirs(os.path.dirname(manifest_path), created)
     dirs.extend(_unroot(args.root, d) for d in created if _unroot(args.root, d) not in dirs)
-    atomic.write_atomic(manifest_path, (json.dumps({"files": files, "dirs": dirs}, indent=1,
-                                                   sort_keys=True) + "\n").encode("utf-8"))
-    print("hostkv-cobbler: installed %d files (%d written, %d removed); manifest %s"
-          % (len(files), changed, removed, manifest_path))
-    print("hostkv-cobbler: %s" % RESTART_HINT)
+    atomic.write_atomic(manifest_path, (json.dumps({"files": files, "dirs": dirs, "rpmnew": rpmnew},
+                                                   indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    _say("installed %d files (%d written, %d removed); manifest %s"
+         % (len(files), changed, removed, manifest_path))
+    _say(RESTART_HINT)
+    return 0
+
+
+def _retire(root, dst, digest):
+    """Take one installed file away: removed if it is what hostkv installed, kept as .rpmsave if
+    an admin edited it, left alone if it was there before hostkv.  Returns 1 if it was removed."""
+    target = _reroot(root, dst)
+    if not os.path.lexists(target):
+        return 0
+    if digest is not None and _digest_or_none(target) == digest:
+        os.unlink(target)
+        return 1
+    if digest is None:
+        _say("left %s in place (it was there before hostkv)" % dst)
+        return 0
+    os.replace(target, target + ".rpmsave")
+    _say("kept your edited %s as %s.rpmsave" % (dst, dst))
     return 0
 
 
@@ -242,10 +316,12 @@ def uninstall(args):
     if manifest is None:
         print("hostkv-cobbler: not installed (no %s); nothing to do" % _reroot(args.root, MANIFEST))
         return 0
-    for dst in sorted(manifest["files"]):
-        target = _reroot(args.root, dst)
-        if os.path.lexists(target):
-            os.unlink(target)
+    removed = 0
+    for dst, digest in sorted(manifest["files"].items()):
+        removed += _retire(args.root, dst, digest)
+    for side in sorted(manifest["rpmnew"]):
+        if os.path.lexists(_reroot(args.root, side)):
+            os.unlink(_reroot(args.root, side))
     os.unlink(_reroot(args.root, MANIFEST))
     kept = []
     for d in sorted(manifest["dirs"], key=len, reverse=True):   # deepest first
@@ -261,7 +337,7 @@ def uninstall(args):
             pass
         except OSError:
             kept.append(target)   # someone else put files there: leave it
-    print("hostkv-cobbler: removed %d files" % len(manifest["files"]))
+    print("hostkv-cobbler: removed %d files" % removed)
     for d in kept:
         print("hostkv-cobbler: kept %s (not empty: holds files hostkv did not install)" % d)
     print("hostkv-cobbler: %s" % RESTART_HINT)
@@ -269,11 +345,19 @@ def uninstall(args):
 
 
 def status(args):
+    """Each installed file ok/modified/missing; exit 0 intact, 1 not intact, 3 not installed.
+    ``--json``: one object (``installed``, ``intact``, ``version``, ``files``: path, state, and
+    the ``.rpmnew`` beside it or null), with the same exit status."""
     manifest = load_manifest(args.root)
+    version = _shared_module("version").VERSION
     if manifest is None:
-        print("hostkv-cobbler: not installed")
+        if args.json:
+            _print_json({"installed": False, "intact": False, "version": version, "files": []})
+        else:
+            print("hostkv-cobbler: not installed")
         return 3
     bad = 0
+    files = []
     for dst, digest in sorted(manifest["files"].items()):
         target = _reroot(args.root, dst)
         if not os.path.isfile(target):
@@ -283,9 +367,20 @@ def status(args):
         else:
             state = "ok"
         bad += state != "ok"
-        print("%-8s %s" % (state, dst))
+        side = dst + ".rpmnew"
+        files.append({"path": dst, "state": state, "rpmnew": side if side in manifest["rpmnew"] else None})
+    if args.json:
+        _print_json({"installed": True, "intact": not bad, "version": version, "files": files})
+        return 1 if bad else 0
+    for f in files:
+        print("%-8s %s%s" % (f["state"], f["path"], " (kept; the new version is %s)" % f["rpmnew"]
+                                                    if f["rpmnew"] else ""))
     print("hostkv-cobbler: installed, %s" % ("intact" if not bad else "%d files not intact" % bad))
     return 1 if bad else 0
+
+
+def _print_json(obj):
+    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def main(argv=None):
@@ -295,7 +390,10 @@ def main(argv=None):
     parser.add_argument("--settings", help="Cobbler's settings.yaml (default %s under --root)"
                         % SETTINGS)
     parser.add_argument("--cobbler-dir", help="Cobbler's package dir (default: import cobbler)")
+    parser.add_argument("--json", action="store_true", help="status: print one JSON object")
     args = parser.parse_args(argv)
+    if args.json and args.action != "status":
+        parser.error("--json goes with status")
     if args.root:
         args.root = os.path.abspath(args.root)
     try:

@@ -233,10 +233,53 @@ def test_profile_renders_with_and_without_hostkv(objects, tmp_path):
     assert "/root/hostkv-install.log" in block
     assert hostkv_block(off) is None
     assert "# hostkv: hostkv_enabled is not 1/true/yes/on" in off
-    assert "yum.repos.d" not in off
+    assert "hostkv.repo" not in off
     for name, ks in (("on", on), ("off", off)):
         ksvalidate(ks, tmp_path, name)
         bash_n(post_section(ks))
+
+
+SNIPPET_CALL = re.compile(r"\$SNIPPET\('([\w-]+)'\)")
+COBBLER_SAMPLE_KS = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "var", "lib",
+                                           "cobbler", "templates", "sample.ks"))
+
+
+def test_sample_uses_cobblers_usual_snippets(objects, tmp_path):
+    """sample_hostkv.ks is Cobbler's own sample.ks plus hostkv's snippet: every snippet and magic
+    variable sample.ks uses is there, in the same section, and each renders (repos, network, the
+    koan environment) in the kickstart cobblerd serves."""
+    assert len(COBBLER_SAMPLE_KS) == 1, COBBLER_SAMPLE_KS
+    ours = open(os.path.join(REPO, "kickstart_snippets", "sample_hostkv.ks")).read()
+    theirs = open(COBBLER_SAMPLE_KS[0]).read()
+
+    def sections(text):
+        """{section header: [snippets and magic variables in it, in order]}"""
+        out, head = {}, "commands"
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue                    # comments (and Cheetah's ## comments) name no snippet
+            if line.startswith("%") and not line.startswith("%end"):
+                head = line.strip()
+            out.setdefault(head, []).extend(SNIPPET_CALL.findall(line) + re.findall(
+                r"\$(yum_repo_stanza|yum_config_stanza)\b", line))
+        return out
+
+    mine, cobblers = sections(ours), sections(theirs)
+    for head, names in cobblers.items():
+        assert [n for n in mine.get(head, []) if n != "hostkv_agent"] == names, (head, mine.get(head))
+    assert "hostkv_agent" in mine["%post"]
+    assert mine["%post"].index("hostkv_agent") < mine["%post"].index("autoinstall_done")
+
+    s = objects
+    ks = render(s, "system", "hk-sys-on")
+    assert "$SNIPPET" not in ks and "$yum" not in ks, ks          # everything rendered
+    assert re.search(r'^echo "export COBBLER_SERVER=\S+" > /etc/profile.d/cobbler.sh$', ks, re.M), ks
+    assert "cblr/svc/op/yum/system/hk-sys-on" in post_section(ks)  # $yum_config_stanza
+    assert "# Start post_install_network_config generated code" in ks, ks
+    assert re.search(r"^network ", ks, re.M), ks                # network_config
+    assert hostkv_block(ks)
+    ksvalidate(ks, tmp_path, "sample")
+    bash_n(post_section(ks))
 
 
 def test_y_installs_the_agent_as_koan_adds_the_channel(objects, tmp_path):

@@ -103,6 +103,11 @@ def test_check_meta_names_every_problem():
                    "hostkv_vm_dup is given 2 times", "hostkv_vm_none has no value",
                    "longer than 128 bytes", "value of vm.ctl has U+0001 (a control character) at character 2"):
         assert needle in text
+    assert "hostkv_enable is not a hostkv option (known: hostkv_enabled," in text
+    assert "hostkv_vm_NAME, hostkv_host_NAME)" in text
+    # cobbler-web renders the message as HTML: a placeholder like <name> would vanish
+    # (hostkv_vm_<name> showed as "hostkv_vm_)"); only the admin's own text may bring brackets
+    assert "<" not in text and ">" not in text, text
 
 
 @pytest.mark.parametrize("value", ["  padded", "tab\there", "two\nlines", "it's a value", "back\\slash",
@@ -248,6 +253,11 @@ def tree(root):
     return out
 
 
+def rules_version():
+    from hostkv.common import version
+    return version.VERSION
+
+
 def test_installer_root_install_status_uninstall(tmp_path):
     root = tmp_path / "root"
     (root / "etc/cobbler/settings.d").mkdir(parents=True)
@@ -263,6 +273,8 @@ def test_installer_root_install_status_uninstall(tmp_path):
     args = ["--root", str(root), "--cobbler-dir", cobbler_dir]
 
     assert run_installer("status", *args).returncode == 3
+    proc = run_installer("status", "--json", *args)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["installed"] is False
     first = run_installer("install", *args)
     assert first.returncode == 0, first.stderr
     assert "restart cobblerd" in first.stdout
@@ -279,9 +291,23 @@ def test_installer_root_install_status_uninstall(tmp_path):
     assert "(0 written, 0 removed)" in again.stdout
     assert run_installer("status", *args).returncode == 0
 
-    (root / "srv/snippets/hostkv_agent").write_text("edited\n")
-    status = run_installer("status", *args)
-    assert status.returncode == 1 and "modified /srv/snippets/hostkv_agent" in status.stdout
+    # status --json (issue 12.4): the same states and exit codes, as one object
+    proc = run_installer("status", "--json", *args)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["installed"] is True and report["intact"] is True
+    assert report["version"] == rules_version()
+    states = {f["path"]: (f["state"], f["rpmnew"]) for f in report["files"]}
+    assert states["/srv/snippets/hostkv_agent"] == ("ok", None)
+    assert set(states) == set(manifest["files"])
+    snippet = root / "srv/snippets/hostkv_agent"
+    kept = snippet.read_bytes()
+    snippet.write_text("edited\n")
+    proc = run_installer("status", "--json", *args)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["intact"] is False
+    assert [f["path"] for f in report["files"] if f["state"] != "ok"] == ["/srv/snippets/hostkv_agent"]
+    snippet.write_bytes(kept)
+    assert run_installer("install", "--json", *args).returncode == 2      # --json goes with status
 
     (modules / "__pycache__").mkdir()                      # what cobblerd's import leaves
     (modules / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
@@ -289,6 +315,103 @@ def test_installer_root_install_status_uninstall(tmp_path):
     assert gone.returncode == 0, gone.stderr
     assert tree(str(root)) == before
     assert run_installer("uninstall", *args).returncode == 0     # idempotent
+
+
+def _installed_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/cobbler").mkdir(parents=True)
+    (root / "etc/cobbler/settings.yaml").write_text(SETTINGS)
+    cobbler_dir = "/opt/cobbler-site/cobbler"
+    (root / cobbler_dir.lstrip("/") / "modules").mkdir(parents=True)
+    args = ["--root", str(root), "--cobbler-dir", cobbler_dir]
+    assert run_installer("install", *args).returncode == 0
+    return root, args, root / cobbler_dir.lstrip("/") / "modules" / "hostkv"
+
+
+def _new_release(tmp_path, snippet_line):
+    """A copy of the plugin's sources (as a newer package would ship them) whose snippet gained
+    ``snippet_line``; returns the copy's installer."""
+    src = tmp_path / "newsrc"
+    shutil.copytree(os.path.join(REPO, "cobbler_plugin"), str(src / "cobbler_plugin"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(REPO, "kickstart_snippets"), str(src / "kickstart_snippets"))
+    shutil.copytree(os.path.join(REPO, "protocol"), str(src / "protocol"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(str(src / "kickstart_snippets/hostkv_agent"), "a") as f:
+        f.write(snippet_line)
+    return str(src / "cobbler_plugin" / "hostkv_cobbler.py")
+
+
+def test_installer_never_loses_an_admins_edit(tmp_path):
+    """What %posttrans does on every upgrade (install again) keeps an edited snippet and writes
+    the new one beside it as .rpmnew, saying so; an edited module is replaced and kept as
+    .rpmsave; once the admin merged, the next install takes over and drops the .rpmnew."""
+    root, args, modules = _installed_root(tmp_path)
+    snippet = root / "var/lib/cobbler/snippets/hostkv_agent"
+    edit = snippet.read_text() + "## the admin's local change\n"
+    snippet.write_text(edit)
+    (modules / "__init__.py").write_text((modules / "__init__.py").read_text() + "# admin\n")
+    module_edit = (modules / "__init__.py").read_text()
+
+    newer = _new_release(tmp_path, "## shipped in the next release\n")
+    proc = subprocess.run([PYTHON, newer, "install"] + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rpmnew = root / "var/lib/cobbler/snippets/hostkv_agent.rpmnew"
+    assert snippet.read_text() == edit                                          # theirs, untouched
+    assert rpmnew.read_text().endswith("## shipped in the next release\n")     # ours, beside it
+    assert ("kept your edited /var/lib/cobbler/snippets/hostkv_agent; the new version is "
+            "/var/lib/cobbler/snippets/hostkv_agent.rpmnew") in proc.stdout, proc.stdout
+    assert (modules / "__init__.py.rpmsave").read_text() == module_edit
+    assert (modules / "__init__.py").read_text() == open(os.path.join(
+        REPO, "cobbler_plugin/modules/hostkv/__init__.py")).read()
+    assert "saved it as" in proc.stdout and "__init__.py.rpmsave" in proc.stdout
+    status = run_installer("status", *args)
+    assert status.returncode == 1
+    assert ("modified /var/lib/cobbler/snippets/hostkv_agent (kept; the new version is "
+            "/var/lib/cobbler/snippets/hostkv_agent.rpmnew)") in status.stdout, status.stdout
+
+    # again (the next upgrade): still theirs, nothing rewritten
+    again = subprocess.run([PYTHON, newer, "install"] + args, stdout=subprocess.PIPE,
+                           universal_newlines=True, timeout=60)
+    assert snippet.read_text() == edit and "(0 written, 0 removed)" in again.stdout, again.stdout
+
+    # the admin takes the new version: hostkv owns the file again, the .rpmnew goes
+    shutil.copyfile(str(rpmnew), str(snippet))
+    merged = subprocess.run([PYTHON, newer, "install"] + args, stdout=subprocess.PIPE,
+                            universal_newlines=True, timeout=60)
+    assert not rpmnew.exists() and "removed /var/lib/cobbler/snippets/hostkv_agent.rpmnew" in merged.stdout
+    assert subprocess.run([PYTHON, newer, "status"] + args, stdout=subprocess.PIPE,
+                          timeout=60).returncode == 0
+
+    # uninstall keeps an edit as .rpmsave (and says so), removes the rest
+    snippet.write_text(edit)
+    gone = run_installer("uninstall", *args)
+    assert gone.returncode == 0 and "kept your edited /var/lib/cobbler/snippets/hostkv_agent as " \
+        "/var/lib/cobbler/snippets/hostkv_agent.rpmsave" in gone.stdout, gone.stdout
+    assert (root / "var/lib/cobbler/snippets/hostkv_agent.rpmsave").read_text() == edit
+    assert not snippet.exists() and not (modules / "sync_post_publish.py").exists()
+
+
+def test_installer_keeps_a_snippet_that_was_there_before(tmp_path):
+    """A hostkv_agent the admin had before hostkv's first install is theirs: kept, ours beside
+    it; uninstall leaves it in place."""
+    root = tmp_path / "root"
+    (root / "etc/cobbler").mkdir(parents=True)
+    (root / "etc/cobbler/settings.yaml").write_text(SETTINGS)
+    (root / "var/lib/cobbler/snippets").mkdir(parents=True)
+    mine = root / "var/lib/cobbler/snippets/hostkv_agent"
+    mine.write_text("# my own hostkv_agent\n")
+    (root / "opt/c/cobbler/modules").mkdir(parents=True)
+    args = ["--root", str(root), "--cobbler-dir", "/opt/c/cobbler"]
+    proc = run_installer("install", *args)
+    assert proc.returncode == 0 and "kept your edited /var/lib/cobbler/snippets/hostkv_agent" in proc.stdout
+    assert mine.read_text() == "# my own hostkv_agent\n"
+    assert (root / "var/lib/cobbler/snippets/hostkv_agent.rpmnew").is_file()
+    gone = run_installer("uninstall", *args)
+    assert "left /var/lib/cobbler/snippets/hostkv_agent in place" in gone.stdout, gone.stdout
+    assert mine.read_text() == "# my own hostkv_agent\n"
+    assert not (root / "var/lib/cobbler/snippets/hostkv_agent.rpmnew").exists()
 
 
 def test_installer_errors_are_clear(tmp_path):

@@ -170,10 +170,13 @@ def check_host_output(host, out):
 
 def feed_host(chunks):
     host = P.HostSession(snap)
-    host.connected()
+    host.connect()
+    host.data_to_send()
     frames = []
     for chunk in chunks:
-        frames += check_host_output(host, host.receive(chunk))
+        events = host.receive(chunk)
+        assert all(isinstance(ev, P.HostEvent) for ev in events), events
+        frames += check_host_output(host, host.data_to_send())
     errors = sum(1 for f in frames if f["op"] == "error")
     assert errors == host.errors
     return host, frames
@@ -209,10 +212,10 @@ def test_host_near_valid_frames(data):
 
 def feed_guest(chunks, synced=True):
     guest = P.GuestSession(token_factory=lambda: "tok")
-    guest.connected()
+    guest.connect(now=0.0)
     guest.data_to_send()
     if synced:
-        guest.sync_token = None
+        assert guest.receive(b'{"op":"sync","token":"tok"}\n', now=0.0) == [P.Resynced()]
     events = []
     for chunk in chunks:
         got = guest.receive(chunk)
@@ -260,8 +263,9 @@ def test_resync_through_garbage_delivers_the_hosts_snapshot(data):
     junk = data.draw(st.binary(max_size=200) | mutated(SNAPSHOT_FRAMES))
     host = P.HostSession(snap)
     guest = P.GuestSession(token_factory=lambda: "T%d" % time.monotonic_ns())
-    guest.connected()
-    reply = host.receive(guest.data_to_send())
+    guest.connect()
+    host.receive(guest.data_to_send())
+    reply = host.data_to_send()
     stream = junk + reply
     events = []
     for chunk in data.draw(split(stream)):

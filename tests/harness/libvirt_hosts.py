@@ -24,6 +24,20 @@ Contract:
     and the test exec channel.
   * ``migrate(dom, dst_conn)`` live-migrates over tcp://127.0.0.1.
 
+Layouts (``LibvirtHost(..., layout=...)``, default ``$HOSTKV_TEST_LIBVIRT_LAYOUT`` or "modular"):
+  * ``"monolithic"`` -- as EL8 runs libvirt: ``libvirtd`` (+ ``virtlogd``), socket
+    ``/run/libvirt/libvirt-sock``.
+  * ``"modular"`` -- as EL9/EL10 run it: the QEMU driver's own daemon behind
+    ``/run/libvirt/virtqemud-sock`` (``-ro``, ``-admin``) + ``virtlogd``, and ``virtproxyd``
+    behind the legacy ``/run/libvirt/libvirt-sock`` (``-ro``) for clients that name no driver
+    (e.g. ``openReadOnly(None)``).  A client's ``qemu:///system`` resolves to virtqemud's socket:
+    libvirt's remote driver in mode "auto" takes virtqemud-sock when it exists, else libvirt-sock.
+    The daemon is ``virtqemud`` where the machine has it.  Debian 12 (libvirt 9.0) and even its
+    bookworm-backports (11.3) are built without the modular daemons, so there the same sockets are
+    served by ``libvirtd`` (``unix_sock_dir`` moved to a private dir, EL9's socket names linked to
+    it): everything a client sees is EL9's layout; the daemon binary is not.  ``host.daemon``
+    names the daemon that really runs.
+
 Every failure to start raises :class:`HarnessError` with the daemon's log tail: tests fail loudly.
 """
 
@@ -51,6 +65,11 @@ BIND_DIRS = (
     ("/var/log/libvirt", "log"),
     ("/etc/libvirt", "etc"),
 )
+
+LAYOUTS = ("modular", "monolithic")
+DEFAULT_LAYOUT = os.environ.get("HOSTKV_TEST_LIBVIRT_LAYOUT", "modular")
+# where libvirtd's own sockets go when it serves the modular layout (see the module docstring)
+_LIBVIRTD_SOCK_DIR = "hostkv-libvirtd"
 
 HOSTKV_PORT = paths.PORT_NAME
 TEST_EXEC_PORT = "org.hostkv.test.0"
@@ -101,8 +120,13 @@ exec sleep 2147483647
 class LibvirtHost(object):
     """One simulated libvirt host (see module docstring)."""
 
-    def __init__(self, name, basedir, hostname=None, host_uuid=None, cache_from=None):
+    def __init__(self, name, basedir, hostname=None, host_uuid=None, cache_from=None, layout=None):
         self.name = name
+        self.layout = layout or DEFAULT_LAYOUT
+        if self.layout not in LAYOUTS:
+            raise ValueError("libvirt layout must be one of %s, not %r" % (LAYOUTS, self.layout))
+        # the daemon that really runs (module docstring): libvirtd, or virtqemud where there is one
+        self.daemon = "virtqemud" if self.layout == "modular" and shutil.which("virtqemud") else "libvirtd"
         self.cache_from = cache_from
         self.basedir = os.path.abspath(basedir)
         self.hostname = hostname or "hostkv-test-%s" % name
@@ -118,7 +142,9 @@ class LibvirtHost(object):
 
     @property
     def libvirt_socket(self):
-        return os.path.join(self.run_dir, "libvirt", "libvirt-sock")
+        """The read-write socket a client on this host reaches for qemu:///system."""
+        name = "virtqemud-sock" if self.layout == "modular" else "libvirt-sock"
+        return os.path.join(self.run_dir, "libvirt", name)
 
     @property
     def uri(self):
@@ -126,7 +152,8 @@ class LibvirtHost(object):
 
     @property
     def libvirtd_log(self):
-        return os.path.join(self.basedir, "log", "libvirtd.log")
+        """The log of this host's libvirt daemon (libvirtd or virtqemud)."""
+        return os.path.join(self.basedir, "log", "%s.log" % self.daemon)
 
     def outside_path(self, path):
         """Translate a path as seen inside the namespace to the same file seen from outside."""
@@ -160,10 +187,14 @@ class LibvirtHost(object):
             if os.path.isdir(path):
                 for entry in os.listdir(path):
                     os.unlink(os.path.join(path, entry))
-        _set_conf(os.path.join(etc, "libvirtd.conf"), {
+        daemon_conf = {
             "host_uuid": '"%s"' % self.host_uuid,
-            "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
-        })
+            "log_outputs": '"3:file:/var/log/libvirt/%s.log"' % self.daemon,
+        }
+        if self.layout == "modular" and self.daemon == "libvirtd":
+            daemon_conf["unix_sock_dir"] = '"/run/libvirt/%s"' % _LIBVIRTD_SOCK_DIR
+            os.makedirs(os.path.join(self.run_dir, "libvirt", _LIBVIRTD_SOCK_DIR), mode=0o755)
+        _set_conf(os.path.join(etc, "%s.conf" % self.daemon), daemon_conf)
         # remember_owner=0: both "hosts" relabel the same files (kernel, console log) on one machine;
         # the owner-remembering xattrs would make the second daemon refuse (as on shared storage).
         _set_conf(os.path.join(etc, "qemu.conf"), {"stdio_handler": '"file"', "remember_owner": "0"})
@@ -206,14 +237,32 @@ class LibvirtHost(object):
         self._start_libvirtd(timeout)
 
     def _start_libvirtd(self, timeout):
-        res = self.run_in_ns(["libvirtd", "-d"], capture_output=True)
+        """Start this host's libvirt daemon (libvirtd or virtqemud, per the layout)."""
+        res = self.run_in_ns([self.daemon, "-d"], capture_output=True)
         if res.returncode != 0:
-            raise HarnessError("libvirtd failed to start in %s: %s\n%s"
-                               % (self.name, res.stderr, _tail(self.libvirtd_log)))
+            raise HarnessError("%s failed to start in %s: %s\n%s"
+                               % (self.daemon, self.name, res.stderr, _tail(self.libvirtd_log)))
+        if self.layout == "modular" and self.daemon == "libvirtd":
+            self._link_modular_sockets(timeout)
         try:
-            wait_for(self._api_answers, timeout, interval=0.1, what="libvirtd of %s" % self.name)
+            wait_for(self._api_answers, timeout, interval=0.1, what="%s of %s" % (self.daemon, self.name))
         except HarnessError as err:
-            raise HarnessError("%s\nlibvirtd.log:\n%s" % (err, _tail(self.libvirtd_log)))
+            raise HarnessError("%s\n%s:\n%s" % (err, self.libvirtd_log, _tail(self.libvirtd_log)))
+
+    def _link_modular_sockets(self, timeout):
+        """EL9's socket names -> libvirtd's sockets in its private unix_sock_dir: virtqemud's
+        three, and virtproxyd's libvirt-sock{,-ro} (virtproxyd-admin-sock on EL9)."""
+        rundir = os.path.join(self.run_dir, "libvirt")
+        wait_for(lambda: os.path.exists(os.path.join(rundir, _LIBVIRTD_SOCK_DIR, "libvirt-sock")),
+                 timeout, interval=0.1, what="libvirtd's socket in %s" % _LIBVIRTD_SOCK_DIR)
+        links = [("virtqemud-%s" % sfx, "libvirt-%s" % sfx) for sfx in ("sock", "sock-ro", "admin-sock")]
+        links += [("libvirt-sock", "libvirt-sock"), ("libvirt-sock-ro", "libvirt-sock-ro"),
+                  ("virtproxyd-admin-sock", "libvirt-admin-sock")]
+        for name, target in links:
+            link = os.path.join(rundir, name)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(os.path.join(_LIBVIRTD_SOCK_DIR, target), link)
 
     def _api_answers(self):
         import libvirt
@@ -280,7 +329,7 @@ class LibvirtHost(object):
 
     def freeze_libvirtd(self):
         """SIGSTOP libvirtd: a hung daemon whose socket still accepts connections."""
-        self.frozen = self._pids_named("libvirtd")
+        self.frozen = self._pids_named(self.daemon)
         for pid in self.frozen:
             os.kill(pid, signal.SIGSTOP)
 
@@ -296,11 +345,11 @@ class LibvirtHost(object):
                 c.close()
             except Exception:  # noqa: BLE001
                 pass
-        pids = self._pids_named("libvirtd")
+        pids = self._pids_named(self.daemon)
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not any(os.path.exists("/proc/%d" % p) for p in pids), timeout,
-                 what="libvirtd of %s to exit" % self.name)
+                 what="%s of %s to exit" % (self.daemon, self.name))
 
     def stop(self):
         """Destroy the guests, stop every process in the namespace, remove nothing of the machine's."""
@@ -460,7 +509,7 @@ class LibvirtGuest(object):
         try:
             xml = self.dom().XMLDesc(0)
         except libvirt.libvirtError:
-            if getattr(self, "_last_exec", None) and not self.host._pids_named("libvirtd"):
+            if getattr(self, "_last_exec", None) and not self.host._pids_named(self.host.daemon):
                 return self._last_exec
             raise
         path, problem = domain_xml.channel_socket_path(xml, TEST_EXEC_PORT)

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "packaging" / "build-rpms.sh"
 # What build-rpms.sh puts into the source tarball (keep in sync with its `tar` line).
-PACKAGED_PATHS = ("VERSION", "protocol", "guest_agent", "host_service", "koan_patch",
+PACKAGED_PATHS = ("VERSION", "LICENSE", "docs", "protocol", "guest_agent", "host_service", "koan_patch",
                   "cobbler_plugin", "kickstart_snippets", "packaging")
 
 RpmSet = collections.namedtuple("RpmSet", "agent host srpm")
@@ -30,6 +30,7 @@ def copy_sources(dest):
     """Copy what the RPMs are built from (PACKAGED_PATHS, without bytecode) into ``dest``, e.g. to
     build another release from modified sources; returns ``dest`` as a Path."""
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     for name in PACKAGED_PATHS:
         p = REPO / name
         if p.is_dir():

@@ -1,4 +1,5 @@
-"""Live migration A -> B -> A between two real libvirtds, each host with its own hostkvd."""
+"""Live migration A -> B -> A between two real libvirt hosts, each with its own hostkvd, in both
+libvirt layouts (modular as on EL9/EL10, monolithic libvirtd as on EL8)."""
 import pytest
 
 from tests.harness import libvirt_hosts as lh
@@ -7,8 +8,10 @@ from tests.libvirt.helpers import channels
 pytestmark = [pytest.mark.libvirt, pytest.mark.vm]
 
 
-def test_live_migration_there_and_back(lv_hosts, guests):
-    a, b = lv_hosts["a"], lv_hosts["b"]
+@pytest.mark.parametrize("layout", lh.LAYOUTS)
+def test_live_migration_there_and_back(lv_pairs, guests, layout):
+    hosts = lv_pairs.pair(layout)
+    a, b = hosts["a"], hosts["b"]
     g = guests.start(a, "mig1", metadata_values={"vm.role": "web", "vm.app": "shop"}, persistent=False)
     g.wait_booted()
     g.wait_key("host.hostname", a.hostname, timeout=20)

@@ -175,8 +175,10 @@ def test_cobbler_package_name_and_files(built):
     agent_rpm = "%s/%s" % (RPM_DIR, built.agent.name)
     assert files - share == {
         SHARE, "/usr/sbin/hostkv-cobbler", "/etc/hostkv", COBBLER_CONF,
-        "/usr/share/hostkv", RPM_DIR, agent_rpm,
-        "/usr/share/doc/hostkv-cobbler-%s" % VERSION, "/usr/share/doc/hostkv-cobbler-%s/README.md" % VERSION,
+        "/usr/share/hostkv", RPM_DIR, agent_rpm, "/usr/share/man/man8/hostkv-cobbler.8.gz",
+        "/usr/share/doc/hostkv-cobbler", "/usr/share/doc/hostkv-cobbler/COBBLER.md",
+        "/usr/share/doc/hostkv-cobbler/TROUBLESHOOTING.md",
+        "/usr/share/licenses/hostkv-cobbler", "/usr/share/licenses/hostkv-cobbler/LICENSE",
     }
     assert not any(f.endswith((".pyc", ".pyo")) or "__pycache__" in f for f in files)
     flags = file_flags(built.cobbler)
@@ -208,6 +210,8 @@ def test_cobbler_scriptlets(built):
                      % re.escape(MANIFEST), s["%preun"]), s["%preun"]
     assert re.search(r"if \[ -f %s \]; then\n(\s*#.*\n)*\s*/usr/sbin/hostkv-cobbler install "
                      % re.escape(MANIFEST), s["%posttrans"]), s["%posttrans"]
+    # its report (an edit kept, the new version beside it) reaches the admin: not thrown away
+    assert "/dev/null" not in s["%posttrans"], s["%posttrans"]
     for body in s.values():
         if body:
             run(["sh", "-n", "-c", body])
@@ -228,7 +232,7 @@ def test_cobbler_srpm_rebuilds_by_itself(built, tmp_path):
 def test_cobbler_rpmlint_is_clean(built):
     """Separate from test_rpms' run: rpmlint 2.4 given two SRPMs at once reports a bogus
     multiple-specfiles (it mixes their spec names); each SRPM alone is clean."""
-    proc = run(["rpmlint", "-c", str(REPO / "packaging/rpmlint.toml"), str(built.cobbler),
+    proc = run([str(REPO / ".venv/bin/rpmlint"), "-c", str(REPO / "packaging/rpmlint.toml"), str(built.cobbler),
                 str(built.cobbler_srpm)], check=False, timeout=120)
     assert proc.returncode == 0 and "0 errors, 0 warnings" in proc.stdout, proc.stdout + proc.stderr
 
@@ -311,8 +315,11 @@ def test_installed_hostkv_cobbler_against_a_scratch_cobbler(built, tmp_path):
     assert proc.returncode == 1 and "modified /var/lib/cobbler/snippets/hostkv_agent" in proc.stdout
 
     proc = run([hc, "uninstall"] + args, cwd=str(tmp_path), env=env)
-    assert "removed %d files" % count in proc.stdout
-    assert tree_digests(cob) == before                          # exactly as it was
+    assert "removed %d files" % (count - 1) in proc.stdout
+    # exactly as it was, but for the admin's edit, kept as .rpmsave (said so)
+    assert "kept your edited /var/lib/cobbler/snippets/hostkv_agent as" in proc.stdout, proc.stdout
+    assert tree_digests(cob) == dict(before, **{"var/lib/cobbler/snippets/hostkv_agent.rpmsave":
+                                                hashlib.sha256(b"edited\n").hexdigest()})
     proc = run([hc, "status"] + args, cwd=str(tmp_path), env=env, check=False)
     assert proc.returncode == 3 and "not installed" in proc.stdout
 
@@ -376,11 +383,13 @@ printf 'autoinstall_snippets_dir: /var/lib/cobbler/snippets\\nautoinstall_templa
 chroot {m} /usr/sbin/hostkv-koan install
 chroot {m} /usr/sbin/hostkv-cobbler install
 {s_hooked}
+echo "## the admin's edit" >> {m}{ks}
 {rpm} -U {h2} {c2}
 {s_upgraded}
+echo "edit: kept=$(grep -c "the admin's edit" {m}{ks}) rpmnew=$(grep -c "release 2 marker" {m}{ks}.rpmnew)"
 {rpm} -e hostkv-host hostkv-cobbler
 {s_erased}
-""".format(u=upper, w=work, m=merged, site=site, su=tmp_path / "site-upper", sw=tmp_path / "site-work", rpm=rpm, h1=built.host, c1=built.cobbler,
+""".format(u=upper, w=work, m=merged, site=site, su=tmp_path / "site-upper", sw=tmp_path / "site-work", ks=ks, rpm=rpm, h1=built.host, c1=built.cobbler,
            h2=built_r2.host, c2=built_r2.cobbler, s_installed=state("installed"),
            s_hooked=state("hooked"), s_upgraded=state("upgraded"), s_erased=state("erased"))
     proc = unshare_sh(script, timeout=240)
@@ -389,9 +398,13 @@ chroot {m} /usr/sbin/hostkv-cobbler install
     assert lines == [
         "installed: pth=no modules=no snippet=no manifest=no r2=none koanpyc=1 koanlib=yes",
         "hooked: pth=yes modules=yes snippet=yes manifest=yes r2=0 koanpyc=1 koanlib=yes",
-        "upgraded: pth=yes modules=yes snippet=yes manifest=yes r2=1 koanpyc=1 koanlib=yes",
+        "upgraded: pth=yes modules=yes snippet=yes manifest=yes r2=0 koanpyc=1 koanlib=yes",
         "erased: pth=no modules=no snippet=no manifest=no r2=none koanpyc=0 koanlib=no",
     ], proc.stdout + proc.stderr
+    # %posttrans kept the admin's edit of the template, wrote release 2's beside it and said so
+    assert "edit: kept=1 rpmnew=1" in proc.stdout, proc.stdout
+    assert ("hostkv-cobbler: kept your edited %s; the new version is %s.rpmnew" % (ks, ks)) \
+        in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     # the machine itself was not touched: everything went to the overlay's upper dir
     assert not Path(pth).exists() and not Path(modules).exists() and not Path("/etc/cobbler").exists()
     assert not Path(KOAN_LIB).exists()

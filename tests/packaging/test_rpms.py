@@ -63,6 +63,31 @@ def installed(built, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- build output
 
+def test_license(built, tmp_path):
+    """One licence, MIT (SPDX) in every header; the LICENSE file as %license."""
+    for rpm in (built.agent, built.host, built.srpm):
+        assert rpmq("-qp", "--qf", "%{LICENSE}", str(rpm)) == "MIT"
+    root = rpmh.extract_payload(built.agent, tmp_path / "p")
+    assert (root / "usr/share/licenses/hostkv-agent/LICENSE").read_bytes() == (REPO / "LICENSE").read_bytes()
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+
+
+def test_release_carries_the_dist_tag(tmp_path):
+    """Release: N%{?dist}: N.el9 where the builder defines dist (EL), N where it does not (here)."""
+    spec = tmp_path / "hostkv.spec"
+    spec.write_text((REPO / "packaging/hostkv.spec.in").read_text()
+                    .replace("@VERSION@", VERSION).replace("@RELEASE@", "4"))
+    assert run(["rpmspec", "-q", "--srpm", "--qf", "%{RELEASE}\n", "--define", "dist .el9", str(spec)]) \
+        .stdout.strip() == "4.el9"
+    assert run(["rpmspec", "-q", "--srpm", "--qf", "%{RELEASE}\n", str(spec)]).stdout.strip() == "4"
+    cob = tmp_path / "hostkv-cobbler.spec"
+    cob.write_text((REPO / "packaging/hostkv-cobbler.spec.in").read_text()
+                   .replace("@VERSION@", VERSION).replace("@RELEASE@", "4"))
+    out = run(["rpmspec", "-P", "--define", "dist .el9", str(cob)]).stdout
+    assert "hostkv-agent-%s-4.el9.noarch.rpm" % VERSION in out      # the agent RPM it ships
+    assert re.search(r"^Release:\s+4\.el9$", out, re.M)
+
+
 def test_make_rpms_names_and_versions(built):
     assert built.agent.name == "hostkv-agent-%s-1.noarch.rpm" % VERSION
     assert built.host.name == "hostkv-host-%s-1.noarch.rpm" % VERSION
@@ -90,14 +115,21 @@ def test_agent_file_list(built):
     assert others == {
         "/usr/bin/hostkv", "/usr/sbin/hostkv-agent",
         "/usr/lib/systemd/system/hostkv-agent.service",
+        "/usr/lib/systemd/system-preset/90-hostkv-agent.preset",
         "/usr/lib/udev/rules.d/90-hostkv-agent.rules",
         "/usr/lib/tmpfiles.d/hostkv-agent.conf",
         "/etc/hostkv", "/etc/hostkv/hooks.d", "/var/lib/hostkv", "/run/hostkv",
-        "/usr/share/doc/hostkv-agent-%s" % VERSION,
-        "/usr/share/doc/hostkv-agent-%s/README.md" % VERSION,
+        "/usr/share/man/man1/hostkv.1.gz", "/usr/share/man/man8/hostkv-agent.8.gz",
+        "/usr/share/bash-completion/completions/hostkv",
+        # user docs at the path the unit's Documentation= names (EL's unversioned doc dir)
+        "/usr/share/doc/hostkv-agent",
+        "/usr/share/doc/hostkv-agent/AGENT.md", "/usr/share/doc/hostkv-agent/TROUBLESHOOTING.md",
+        "/usr/share/licenses/hostkv-agent", "/usr/share/licenses/hostkv-agent/LICENSE",
     }
     flags = file_flags(built.agent)
     assert "g" in flags["/run/hostkv"]          # %ghost: created by tmpfiles, not the payload
+    assert "d" in flags["/usr/share/doc/hostkv-agent/AGENT.md"]
+    assert "l" in flags["/usr/share/licenses/hostkv-agent/LICENSE"]      # %license
 
 
 def test_host_file_list(built):
@@ -115,7 +147,14 @@ def test_host_file_list(built):
     assert not any(f.endswith((".pyc", ".pyo")) or "__pycache__" in f for f in files)
     assert not any(f.startswith(AGENT_LIB) for f in files)
     assert {"/usr/sbin/hostkvd", "/usr/sbin/hostkvctl", "/usr/lib/systemd/system/hostkvd.service",
-            CONF, "/etc/hostkv"} <= files
+            "/usr/lib/systemd/system-preset/90-hostkvd.preset", CONF, "/etc/hostkv",
+            "/usr/share/man/man8/hostkvd.8.gz", "/usr/share/man/man8/hostkvctl.8.gz",
+            "/usr/share/man/man8/hostkv-koan.8.gz", "/usr/share/man/man5/hostkvd.conf.5.gz",
+            "/usr/share/bash-completion/completions/hostkvctl",
+            "/usr/share/doc/hostkv-host/HOSTKVCTL.md", "/usr/share/doc/hostkv-host/KOAN.md",
+            "/usr/share/doc/hostkv-host/TROUBLESHOOTING.md",
+            "/usr/share/licenses/hostkv-host/LICENSE"} <= files
+    assert not any("README" in f for f in files)      # the packaging notes are not user docs
     assert file_flags(built.host)[CONF] == "cn"      # %config(noreplace)
 
 
@@ -145,13 +184,28 @@ def test_version_comes_from_version_file(built):
     assert "hostkv-%s.tar.gz" % VERSION in spec.split()
 
 
+RPMLINT = str(REPO / ".venv" / "bin" / "rpmlint")
+
+
 def test_rpmlint_is_clean(built):
     """rpmlint on all three RPMs (the SRPM's spec included), with the reasoned filters in
-    packaging/rpmlint.toml: no errors, no warnings."""
-    proc = run(["rpmlint", "-c", str(REPO / "packaging/rpmlint.toml"),
+    packaging/rpmlint.toml: no errors, no warnings.  no-manual-page-for-binary is not filtered."""
+    filters = (REPO / "packaging/rpmlint.toml").read_text()
+    assert "no-manual-page-for-binary" not in filters
+    proc = run([RPMLINT, "-c", str(REPO / "packaging/rpmlint.toml"),
                 str(built.agent), str(built.host), str(built.srpm)], check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 errors, 0 warnings" in proc.stdout, proc.stdout
+
+
+def test_rpmlint_sees_a_missing_man_page(built, tmp_path):
+    """The check above can fail: a build whose spec drops hostkvctl's man page is reported."""
+    src = rpmh.copy_sources(tmp_path / "src")
+    spec = src / "packaging/hostkv.spec.in"
+    spec.write_text(spec.read_text().replace("%{_mandir}/man8/hostkvctl.8*\n", "%exclude %{_mandir}/man8/hostkvctl.8*\n"))
+    rpms = rpmh.build_rpms(tmp_path / "dist", srcdir=src)
+    proc = run([RPMLINT, "-c", str(REPO / "packaging/rpmlint.toml"), str(rpms.host)], check=False, timeout=120)
+    assert "hostkv-host.noarch: W: no-manual-page-for-binary hostkvctl" in proc.stdout, proc.stdout
 
 
 # ----------------------------------------------------------------------------- scriptlets
@@ -160,12 +214,14 @@ def test_agent_scriptlets(built):
     s = scriptlets(built.agent)
     post, preun, postun, posttrans = s["%post"], s["%preun"], s["%postun"], s["%posttrans"]
     assert "preset hostkv-agent.service" in post
-    assert re.search(r"systemctl enable hostkv-agent\.service", post)
-    assert re.search(r"-d /run/systemd/system \].*\n.*systemctl start hostkv-agent\.service", post)
+    # enablement by the preset and the udev rule, never by systemctl enable/start (EL's way)
+    code = "\n".join(l for l in post.splitlines() if not l.lstrip().startswith("#"))
+    assert not re.search(r"systemctl (--\S+ )*(enable|start|restart)\b", code), post
     assert "systemd-tmpfiles --create /usr/lib/tmpfiles.d/hostkv-agent.conf" in post
-    assert "udevadm control --reload" in post
-    assert ("udevadm trigger --subsystem-match=virtio-ports --attr-match=name=org.hostkv.0 "
-            "--action=add") in post
+    # the rule is loaded before the existing port is re-triggered (EL's %udev_rules_update is
+    # a file trigger at the end of the transaction, too late for the trigger)
+    assert re.search(r"udevadm control --reload[^\n]*\n\s*udevadm trigger --subsystem-match=virtio-ports "
+                     r"--attr-match=name=org\.hostkv\.0 --action=add", post), post
     assert "disable --now hostkv-agent.service" in preun and "$1 -eq 0" in preun
     assert "try-restart hostkv-agent.service" in postun and "$1 -ge 1" in postun
     assert "compileall" in posttrans and AGENT_LIB in posttrans
@@ -242,16 +298,74 @@ def test_agent_unit_content(installed):
 
 def test_host_unit_content(installed):
     u = parse_unit(installed / "usr/lib/systemd/system/hostkvd.service")
-    assert "libvirtd.service" in " ".join(u[("Unit", "After")]).split()
-    assert "libvirtd.service" in " ".join(u[("Unit", "Wants")]).split()
+    # ordered after libvirt's sockets as libvirt-guests.service is (EL9's modular virtqemud and
+    # EL8's monolithic libvirtd alike); wanting nothing (test_no_unit_pulls_in_a_libvirt_daemon)
+    after = " ".join(u[("Unit", "After")]).split()
+    assert {"libvirtd.socket", "virtqemud.socket", "network.target"} <= set(after), after
+    assert ("Unit", "Wants") not in u
     assert u[("Service", "LimitNOFILE")] == ["65536"]       # one fd per served guest
     for hard in ("Requires", "Requisite", "BindsTo", "PartOf"):
         assert ("Unit", hard) not in u, "a broken libvirt must never block hostkvd"
     assert u[("Service", "Restart")] == ["on-failure"]
-    assert u[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
     assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkvd"]
     assert "PYTHONUNBUFFERED=1" in u[("Service", "Environment")]
     assert u[("Install", "WantedBy")] == ["multi-user.target"]
+
+
+# a libvirt daemon, monolithic or modular (virtqemud, virtproxyd, virtnetworkd, virtlogd ...),
+# as a service or a socket
+LIBVIRT_DAEMON = re.compile(r"^(libvirtd|virt[a-z]+d)([-@.].*)?$")
+PULLING = ("Wants", "Requires", "Requisite", "BindsTo", "PartOf", "Upholds", "Requires.overridable")
+
+
+def _all_units(installed):
+    """Every unit the packages ship (installed tree) and every unit in the checkout."""
+    units = sorted((installed / "usr/lib/systemd/system").iterdir())
+    units += sorted((REPO / "packaging/systemd").glob("*.service"))
+    units += sorted((REPO / "packaging/systemd").glob("*.socket")) + sorted((REPO / "packaging/systemd").glob("*.timer"))
+    return units
+
+
+def test_no_unit_pulls_in_a_libvirt_daemon(installed):
+    """EL9/EL10's modular daemons declare Conflicts=libvirtd.service: a unit that wants (or
+    requires, binds to ...) libvirtd would stop virtqemud.  Ordering (After=) is all that is allowed."""
+    units = _all_units(installed)
+    assert {u.name for u in units} >= {"hostkvd.service", "hostkv-agent.service"}
+    for unit in units:
+        for (section, key), values in parse_unit(unit).items():
+            if key in PULLING:
+                named = " ".join(values).split()
+                assert not [n for n in named if LIBVIRT_DAEMON.match(n)], (unit, key, named)
+
+
+def test_the_libvirt_daemon_check_can_fail():
+    assert LIBVIRT_DAEMON.match("libvirtd.service") and LIBVIRT_DAEMON.match("virtqemud.socket")
+    assert LIBVIRT_DAEMON.match("virtproxyd.service") and LIBVIRT_DAEMON.match("libvirtd-ro.socket")
+    assert not LIBVIRT_DAEMON.match("network.target") and not LIBVIRT_DAEMON.match("virt-guest-shutdown.target")
+
+
+def test_units_documentation_is_shipped(built, installed):
+    """Every Documentation= of a unit names something its own package installs: a man page in
+    its file list, or a file:// path in it (the user docs, not packaging notes)."""
+    for rpm, unit in ((built.agent, "hostkv-agent.service"), (built.host, "hostkvd.service")):
+        files = file_list(rpm)
+        docs = " ".join(parse_unit(installed / "usr/lib/systemd/system" / unit)[("Unit", "Documentation")]).split()
+        assert any(d.startswith("man:") for d in docs) and any(d.startswith("file://") for d in docs), docs
+        for doc in docs:
+            if doc.startswith("man:"):
+                name, section = re.fullmatch(r"man:([\w.-]+)\((\d)\)", doc).groups()
+                assert "/usr/share/man/man%s/%s.%s.gz" % (section, name, section) in files, doc
+            else:
+                assert doc.startswith("file:///") and doc[len("file://"):] in files, doc
+
+
+def test_presets(installed):
+    """The agent is enabled by preset; hostkvd disabled (nothing changes on a host unless asked)."""
+    presets = installed / "usr/lib/systemd/system-preset"
+    lines = {p.name: [l for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")]
+             for p in presets.iterdir()}
+    assert lines == {"90-hostkv-agent.preset": ["enable hostkv-agent.service"],
+                     "90-hostkvd.preset": ["disable hostkvd.service"]}
 
 
 def test_udev_rule(installed, tmp_path):
@@ -399,7 +513,10 @@ echo "installed: wants=$(readlink {m}/{wants}) pyc=$(ls {m}/{pyc} | grep -c 'pro
 echo "upgraded: $({rpmq} -q hostkv-agent) wants=$(readlink {m}/{wants}) pyc=$(ls {m}/{pyc} | grep -c 'protocol\\..*pyc')"
 {rpm} -e hostkv-agent
 echo "erased: wants=$(test -e {m}/{wants} && echo yes || echo no) lib=$(test -e {m}/usr/lib/hostkv-agent && echo yes || echo no)"
-""".format(u=upper, w=work, m=merged, rpm=rpm, rpmq=rpmq, a1=built.agent, a2=built_r2.agent, wants=wants, pyc=pyc)
+{rpm} -i {h1}
+echo "host: hostkvd=$(ls {m}/etc/systemd/system/*/hostkvd.service 2>/dev/null | wc -l)"
+""".format(u=upper, w=work, m=merged, rpm=rpm, rpmq=rpmq, a1=built.agent, a2=built_r2.agent, h1=built.host,
+           wants=wants, pyc=pyc)
     proc = unshare_sh(script, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -408,6 +525,9 @@ echo "erased: wants=$(test -e {m}/{wants} && echo yes || echo no) lib=$(test -e 
     assert re.fullmatch(r"upgraded: hostkv-agent-%s-2\.noarch wants=%s pyc=1" % (re.escape(VERSION), unit),
                         lines[1]), proc.stdout
     assert lines[2] == "erased: wants=no lib=no", proc.stdout
+    # the agent was enabled by its preset (no systemctl enable in %post); hostkvd stays disabled
+    # by its own preset even on Debian, whose default preset policy enables every unit
+    assert lines[3] == "host: hostkvd=0", proc.stdout
     # the machine's own / was not touched (everything went to the overlay's upper dir)
     assert not Path("/usr/lib/hostkv-agent").exists() and not Path("/" + wants).exists()
     assert (upper / "usr/lib/hostkv-agent").exists() is False

@@ -1,15 +1,20 @@
-"""The cache: atomic, validated, and the seq never goes backwards across restarts."""
+"""The cache: atomic, validated, and the seq never goes backwards across restarts.
+
+The seq rules themselves are a pure function (test_agent_restore.py); here the real
+:class:`hostkv.agent.store.Store` applies them to real run dirs and caches.
+"""
 
 import json
 import os
+import time
 
 import pytest
 
 from hostkv import protocol
-from hostkv.agent import cache, config
-from hostkv.agent.daemon import Agent
+from hostkv.agent import cache
 from hostkv.agent.model import History, Record
 from hostkv.agent.publish import Publisher, read_current
+from hostkv.agent.store import Store
 
 
 def rec(seq, values=None, host_id="hv1"):
@@ -41,13 +46,23 @@ def test_invalid_cache_is_refused_with_the_reason(tmp_path, content, needle):
     assert needle in str(info.value) and "snapshot.json" in str(info.value)
 
 
+def _store(tmp_path):
+    return Store(str(tmp_path / "run"), str(tmp_path / "state"), time.time, time.monotonic)
+
+
 def _start_agent(tmp_path):
-    cfg = config.Config(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"),
-                        hooks_dir=str(tmp_path / "hooks"), device=str(tmp_path / "no-such-port"))
-    agent = Agent(cfg)
-    agent.start()
-    agent._shutdown()
-    return agent
+    """What an agent start followed by a clean stop does to the data."""
+    store = _store(tmp_path)
+    store.restore()
+    store.close()
+    return store
+
+
+def _apply(store, snap):
+    """A snapshot the way the loop handles it: published, then persisted."""
+    change = store.apply(snap, True)
+    store.persist(change)
+    return change
 
 
 def test_run_dir_ahead_of_the_cache_is_adopted(tmp_path):
@@ -74,13 +89,6 @@ def test_run_dir_with_the_cache_seq_but_other_data_gets_a_new_seq(tmp_path):
     assert read_current(str(tmp_path / "run"))["values"] == {"host.hostname": "old"}
 
 
-def _agent(tmp_path):
-    cfg = config.Config(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"),
-                        hooks_dir=str(tmp_path / "hooks"), device=str(tmp_path / "no-such-port"),
-                        socket=str(tmp_path / "agent.sock"))
-    return Agent(cfg)
-
-
 def _snap(i):
     return protocol.Snapshot("hv%d" % (i % 3), i, {"host.hostname": "hv%d" % (i % 3), "vm.n": str(i)})
 
@@ -90,9 +98,9 @@ def test_at_most_one_publication_is_ahead_of_the_cache(tmp_path, monkeypatch):
     before the next snapshot: whenever anything is published, the cache on disk is at most
     one seq behind it.  So a kill or power loss can lose at most cached seq + 1."""
     state = str(tmp_path / "state")
-    agent = _agent(tmp_path)
-    agent.start()
-    real_publish = agent.publisher.publish
+    store = _store(tmp_path)
+    store.restore()
+    real_publish = store.publisher.publish
     checked = []
 
     def checking_publish(record, cleanup=True):
@@ -101,13 +109,12 @@ def test_at_most_one_publication_is_ahead_of_the_cache(tmp_path, monkeypatch):
         checked.append(record.seq)
         return real_publish(record, cleanup=cleanup)
 
-    monkeypatch.setattr(agent.publisher, "publish", checking_publish)
-    agent.connected = True
+    monkeypatch.setattr(store.publisher, "publish", checking_publish)
     for i in range(1, 30):
-        agent._on_snapshot(_snap(i // 2))          # pairs: a new seq, then a confirmation
-        assert cache.load(state).seq == agent.seq  # the cache caught up before returning
-    assert checked[-1] == agent.seq == 15 and len(checked) == 29
-    agent._shutdown()
+        _apply(store, _snap(i // 2))               # pairs: a new seq, then a confirmation
+        assert cache.load(state).seq == store.seq  # the cache caught up before the next one
+    assert checked[-1] == store.seq == 15 and len(checked) == 29
+    store.close()
 
 
 def test_unclean_stop_between_publication_and_cache_write_then_reboot(tmp_path, monkeypatch):
@@ -115,48 +122,43 @@ def test_unclean_stop_between_publication_and_cache_write_then_reboot(tmp_path, 
     The cached data comes back under N+2: never a seq below one a reader saw, never one seq
     naming two different data."""
     state, run = str(tmp_path / "state"), str(tmp_path / "run")
-    agent = _agent(tmp_path)
-    agent.start()
-    agent.connected = True
-    agent._on_snapshot(_snap(1))
-    agent._on_snapshot(_snap(2))
+    store = _store(tmp_path)
+    store.restore()
+    _apply(store, _snap(1))
+    _apply(store, _snap(2))
     assert cache.load(state).seq == 2
     monkeypatch.setattr(cache, "save", lambda *a, **k: None)      # dies before the cache write
-    agent._on_snapshot(_snap(3))
+    _apply(store, _snap(3))
     seen = read_current(run)
     assert seen["seq"] == 3 and cache.load(state).seq == 2
-    monkeypatch.undo()
-    agent.control.close()                                          # no _shutdown(): killed
-    agent.hooks.stop()
+    monkeypatch.undo()                                             # no close(): killed
     from hostkv.agent.publish import rmtree
     rmtree(run)                                                    # reboot: /run is gone
-    again = _agent(tmp_path)
-    again.start()
+    again = _store(tmp_path)
+    again.restore()
     doc = read_current(run)
     assert doc["seq"] == 4 and doc["stale"] is True and doc["values"] == _snap(2).values
     assert cache.load_state(state)[0].seq == 4
-    again.connected = True
-    again._on_snapshot(_snap(3))                                   # the host repeats seq 3's data
+    _apply(again, _snap(3))                                        # the host repeats seq 3's data
     assert read_current(run)["seq"] == 5
-    again._shutdown()
+    again.close()
 
 
 def test_clean_stop_then_reboot_keeps_the_seq(tmp_path):
     state, run = str(tmp_path / "state"), str(tmp_path / "run")
-    agent = _agent(tmp_path)
-    agent.start()
-    agent.connected = True
-    agent._on_snapshot(_snap(1))
-    agent._shutdown()
+    store = _store(tmp_path)
+    store.restore()
+    _apply(store, _snap(1))
+    store.close()
     assert cache.load_state(state)[1] is True
     from hostkv.agent.publish import rmtree
     rmtree(run)
-    again = _agent(tmp_path)
-    again.start()
+    again = _store(tmp_path)
+    again.restore()
     assert again.seq == 1 and read_current(run)["seq"] == 1
     # the clean mark is gone before anything new can be published
     assert cache.load_state(state)[1] is False
-    again._shutdown()
+    again.close()
 
 
 def test_same_seq_kept_when_run_dir_matches_the_cache(tmp_path):

@@ -107,17 +107,50 @@ def test_disconnect_marks_stale_reconnect_resyncs(rig):
     assert rig.agent.stats["connects"] == 2
 
 
-def test_backoff_while_host_absent_is_not_a_busy_loop(rig):
+def test_host_absent_the_agent_sleeps_until_the_kernel_reports_the_connect(rig):
+    """A port that wakes its waiter on every edge (a virtio port, port.py) is never probed on a
+    timer: while the host is away the agent sleeps without a timeout, and the connect reaches it
+    at once."""
     rig.start()
+    time.sleep(0.3)
+    probes, wakeups = rig.link.probes, rig.agent.wakeups
     time.sleep(2.0)
-    probes = rig.link.probes
-    # 50 ms doubling to 1 s: about 6 probes in 2 s; a busy loop would make thousands
-    assert 3 <= probes <= 12, probes
+    assert rig.link.probes == probes and probes <= 2, (probes, rig.link.probes)
+    assert rig.agent.wakeups == wakeups, "the agent woke up with nothing to do"
     assert rig.published() is None
     status = rig.ask({"op": "status"})
     assert status["state"] == "disconnected" and status["published"] is False
+    assert status["link"] == "disconnected"
+    t0 = time.time()
     rig.host.connect()
     rig.wait_published(lambda d: d["connected"], "late host", timeout=3)
+    assert time.time() - t0 < 1.0          # no backoff: the edge wakes the agent
+    # connected and quiet: no wakeups either (nothing is timed but the 300 s re-sync)
+    wakeups = rig.agent.wakeups
+    time.sleep(1.0)
+    assert rig.agent.wakeups == wakeups
+
+
+def test_a_port_that_does_not_wake_is_probed_with_backoff(tmp_path):
+    """The fallback (a device that is not a virtio port): probe 50 ms doubling to 1 s."""
+    rig = Rig(tmp_path, wakes=False)
+    try:
+        rig.start()
+        time.sleep(2.0)
+        probes = rig.link.probes
+        # 50 ms doubling to 1 s: about 6 probes in 2 s; a busy loop would make thousands
+        assert 3 <= probes <= 12, probes
+        assert rig.published() is None
+        rig.host.connect()
+        rig.wait_published(lambda d: d["connected"], "late host", timeout=3)
+        rig.host.set(values={"host.hostname": "moved"})
+        rig.wait_published(lambda d: d["values"]["host.hostname"] == "moved", "push over a level port")
+        rig.host.disconnect()
+        rig.wait_published(lambda d: not d["connected"], "disconnect on a level port")
+        rig.host.connect()
+        rig.wait_published(lambda d: d["connected"] and not d["stale"], "reconnect", timeout=3)
+    finally:
+        rig.stop()
 
 
 def test_half_frame_and_garbage_are_discarded_then_resynced(rig):
@@ -290,8 +323,10 @@ def test_graceful_stop_marks_data_stale(rig):
 def test_host_answering_every_sync_with_bad_data_does_not_make_us_spin(rig):
     """300 keys break the 256-key limit: every snapshot is refused and a resync started;
     the agent backs off instead of ping-ponging syncs with the host at full speed."""
+    from test_agent_support import UncheckedHostSession
     rig.host.snapshot = rig.host.snapshot.__class__(
         "hv1", 1, dict(("host.k%d" % i, "v") for i in range(300)))
+    rig.host.session = UncheckedHostSession(lambda: rig.host.snapshot)  # hostkvd refuses such data
     rig.start()
     rig.host.connect()
     time.sleep(2.0)
@@ -310,7 +345,8 @@ def test_a_burst_of_snapshots_is_published_once_with_the_last_one(rig):
     frames = []
     for i in range(200):
         rig.host.set(values={"host.hostname": "burst-%d" % i}, push=False)
-        frames.append(rig.host.session.push())
+        rig.host.session.push()
+        frames.append(rig.host.session.data_to_send())
     rig.host.send(b"".join(frames))
     doc = rig.wait_published(lambda d: d["values"]["host.hostname"] == "burst-199", "last of the burst")
     assert doc["seq"] < 20            # coalesced: not 200 publications

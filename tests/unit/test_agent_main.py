@@ -92,9 +92,7 @@ def test_log_lines_are_one_per_event(monkeypatch):
         except ValueError:
             logger.exception("failed")
     finally:                       # leave the logger as other tests expect it
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.propagate = True
+        log.reset()
     lines = buf.getvalue().splitlines()
     assert lines[0] == "warning: host said two\\nlines\\r"
     assert len(lines) == 2 and lines[1].startswith("error: failed | Traceback") and "boom" in lines[1]

@@ -139,3 +139,50 @@ def test_agent_picks_up_a_hot_plugged_port_by_sysfs_scan(tmp_path):
         rig.stop()
         if "sock" in host_side:
             host_side["sock"].close()
+
+
+# ---------------------------------------------------------------- hot-plug notifications
+
+def _uevent(action, subsystem):
+    return ("%s@/devices/pci0000:00/0000:00:02.0/virtio0/virtio-ports/vport0p3\0ACTION=%s\0"
+            "DEVPATH=/devices/pci0000:00/0000:00:02.0/virtio0/virtio-ports/vport0p3\0SUBSYSTEM=%s\0"
+            "DEVNAME=vport0p3\0SEQNUM=1\0" % (action, action, subsystem)).encode()
+
+
+def test_hotplug_watcher_tells_which_uevents_concern_a_port():
+    """read() drains the socket and says whether any uevent was about a virtio port (the
+    messages as measured in the test guest; a datagram socketpair stands in for netlink)."""
+    import socket
+    from hostkv.agent.hotplug import HotplugWatcher
+    watcher = HotplugWatcher()
+    watcher.sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    watcher.sock.setblocking(False)
+    try:
+        assert watcher.read() is False                     # nothing there: no blocking, no
+        peer.send(_uevent("add", "block"))
+        assert watcher.read() is False                     # another subsystem
+        peer.send(_uevent("add", "virtio-ports"))
+        peer.send(_uevent("change", "virtio-ports"))
+        assert watcher.read() is True
+        assert watcher.read() is False                     # drained
+        anything = HotplugWatcher(subsystem=None)          # an explicit --device: any uevent
+        anything.sock = watcher.sock
+        peer.send(_uevent("add", "tty"))
+        assert anything.read() is True
+    finally:
+        watcher.close()
+        peer.close()
+    assert watcher.sock is None
+
+
+def test_hotplug_watcher_opens_a_real_uevent_socket_or_says_it_cannot():
+    from hostkv.agent.hotplug import HotplugWatcher
+    watcher = HotplugWatcher()
+    try:
+        opened = watcher.open()
+        assert opened in (True, False)
+        if opened:
+            assert watcher.fileno() >= 0 and watcher.open() is True     # idempotent
+            assert watcher.read() in (True, False)                      # never blocks
+    finally:
+        watcher.close()

@@ -83,17 +83,49 @@ def test_layout_and_exact_bytes(tmp_path):
                 "current/env"):
         assert os.stat(os.path.join(run, rel)).st_mode & 0o777 in (0o755, 0o644), rel
     strict.publish(make_record(3))
-    # current, previous, and the empty dir made ahead for the next seq (never current while empty)
+    # current, previous, and the dir made ahead for the next seq (never current while empty):
+    # empty files for the current keys, env and values.json, and the link that will swap it in
     assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["2", "3", "4"]
-    assert os.listdir(os.path.join(run, "snapshots", "4")) == ["keys"]
-    assert os.listdir(os.path.join(run, "snapshots", "4", "keys")) == []
-    assert stat.S_IMODE(os.stat(os.path.join(run, "snapshots", "4", "keys")).st_mode) == 0o755
+    spare = os.path.join(run, "snapshots", "4")
+    assert sorted(os.listdir(spare)) == ["env", "keys", "values.json"]
+    assert sorted(os.listdir(os.path.join(spare, "keys"))) == sorted(make_record(3).values)
+    for dirpath, dirnames, filenames in os.walk(spare):
+        assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o755
+        for name in filenames:
+            st = os.stat(os.path.join(dirpath, name))
+            assert st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o644
+    assert os.readlink(os.path.join(run, ".tmp-current.%d.next" % os.getpid())) == "snapshots/4"
+    assert os.readlink(os.path.join(run, "current")) == "snapshots/3"
     strict.publish(make_record(3).copy(stale=True))       # same seq again: the spare stays unused
     assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["3", "3.1", "4"]
-    strict.publish(make_record(4))                         # written into the spare
+    rec4 = make_record(4)                                  # written into the spare: one key less,
+    assert "vm.sometimes" in make_record(3).values and "vm.sometimes" not in rec4.values
+    strict.publish(rec4)
     assert os.readlink(os.path.join(run, "current")) == "snapshots/4"
     assert sorted(os.listdir(os.path.join(run, "snapshots"))) == ["3.1", "4", "5"]
     assert check_tree(run) == 4
+    strict.publish(make_record(5).copy(values=dict(make_record(5).values, **{"vm.new": "n"})))
+    assert sorted(os.listdir(current_dir(run) + "/keys"))[-1] == "vm.new"     # a key the spare lacked
+
+
+def test_values_json_is_the_json_encoders_text():
+    """values.json is rendered without the encoder's machinery (publish.values_json_text); it
+    must be byte for byte what json.dumps(..., ensure_ascii=False, sort_keys=True) gives, but
+    for received_at, written with exactly six decimals."""
+    import re
+    from hostkv.agent.publish import values_json_text
+    nasty = ["", "a\nb", "'\"\\", "\u00fc\u4e2d\U0001f600", "\x00\x1f\x7f", "\u2028\u2029", " ", "$(x)"]
+    for i, value in enumerate(nasty):
+        for received_at in (1.5, 1700000000.123456, 0.1 + 0.2, 1795639699.0234567, 3):
+            rec = Record(i, "h\u00f6st-%d\t" % i, 2 ** 53 + i, dict(("vm.k%d" % j, v) for j, v in enumerate(nasty[i:])),
+                         received_at, bool(i % 2), bool(i % 3))
+            text = values_json_text(rec)
+            want = json.dumps(rec.to_json(), ensure_ascii=False, sort_keys=True)
+            stamp = re.compile(r'"received_at": [0-9.e+]+,')
+            assert stamp.sub("", text) == stamp.sub("", want)
+            got = re.search(r'"received_at": (\d+\.\d{6}),', text).group(1)
+            assert abs(float(got) - received_at) <= 1e-6
+            assert json.loads(text)["values"] == rec.values
 
 
 def test_leftovers_of_a_killed_publication_are_cleaned(tmp_path):
@@ -131,9 +163,19 @@ while True:
 """
 
 
-def _written_in(path):
+def _half_written(path, current_seq):
+    """A dir ahead of ``current`` that is not the untouched spare made after publishing
+    ``current_seq`` (empty files for its keys, env and values.json): a publication or the
+    making of the spare was killed in the middle."""
     try:
-        return len(os.listdir(path)) > 1 or bool(os.listdir(os.path.join(path, "keys")))
+        if sorted(os.listdir(path)) != ["env", "keys", "values.json"]:
+            return True
+        if sorted(os.listdir(os.path.join(path, "keys"))) != sorted(make_record(current_seq).values):
+            return True
+        for dirpath, dirnames, filenames in os.walk(path):
+            if any(os.path.getsize(os.path.join(dirpath, name)) for name in filenames):
+                return True
+        return False
     except OSError:
         return True
 
@@ -164,8 +206,8 @@ def test_kill_9_at_random_points_never_leaves_a_partial_snapshot(tmp_path):
         names = os.listdir(os.path.join(run, "snapshots"))
         # leftovers never pile up: at most current, previous and one half-written dir
         assert len(names) <= 3
-        # (a dir ahead of current with something written in it; the empty spare does not count)
-        mid_publication += any(int(n.split(".")[0]) > seq and _written_in(os.path.join(run, "snapshots", n))
+        # (a dir ahead of current, half written; the untouched spare does not count)
+        mid_publication += any(int(n.split(".")[0]) > seq and _half_written(os.path.join(run, "snapshots", n), seq)
                                for n in names)
         Publisher(run).prepare()           # what the next agent start does: leftovers go
         assert all(int(n.split(".")[0]) <= seq for n in os.listdir(os.path.join(run, "snapshots")))

@@ -5,13 +5,22 @@ A :class:`FakeLink` stands in for the virtio-serial port: the agent's real
 port's in each state (host away: a socket whose peer is closed gives POLLIN|POLLHUP and
 read() == 0, level-triggered; host connected: a live socketpair).  Connect/disconnect on
 the same fd are emulated by dup2()ing the next state's socket over the agent's fd, inside
-the agent's thread, on its next probe/read/write.  :class:`FakeHost` speaks the real
-``hostkv.protocol.HostSession`` on the host end.  The real in-guest test (QEMU) is
-elsewhere; this is the fast one.
+the agent's thread, on its next probe/read/write.
+
+The kernel's wake-ups on every edge (port.py: the agent watches a virtio port edge-triggered
+and never probes it on a timer) are emulated with an epoll object per port, the fd the agent
+waits on (``FakePort.fileno()``): it watches the current state's socket, so data and hang-ups
+wake the agent, and a state change re-registers it there, which wakes the agent at once (an
+epoll fd is readable while it has ready events; EPOLLET on it reports each new wake-up).
+``wakes=False`` gives a port without those wake-ups (the agent's fallback: a backoff probe).
+
+:class:`FakeHost` speaks the real ``hostkv.protocol.HostSession`` on the host end.  The real
+in-guest test (QEMU) is elsewhere; this is the fast one.
 """
 
 import functools
 import os
+import select
 import socket
 import threading
 
@@ -53,6 +62,7 @@ class FakeLink(object):
         self.host_sock = None
         self.probes = 0
         self.generation = 0
+        self.ports = []                      # FakePorts open on this link
 
     def set_state(self, sock):
         with self.lock:
@@ -60,6 +70,8 @@ class FakeLink(object):
             self.state_sock = sock
             self.swap_pending = True
             self.generation += 1
+            for port in self.ports:
+                port.follow(sock)
         return old_host
 
     def connect(self):
@@ -84,6 +96,9 @@ class FakeLink(object):
         with self.lock:
             self.unplugged = True
             old, self.host_sock = self.host_sock, None
+            self._bell = _dead_socket()          # always ready: rings every port's epoll
+            for port in self.ports:
+                port.follow(self._bell)
         if old is not None:
             _hang_up(old)
 
@@ -95,12 +110,36 @@ class FakeLink(object):
 
 
 class FakePort(Port):
-    def __init__(self, link):
+    def __init__(self, link, wakes=True):
+        self.bell = select.epoll()
+        self._watching = None
         with link.lock:
             fd = os.dup(link.state_sock.fileno())
             self.link_generation = link.generation
-        Port.__init__(self, fd, "fake-vport0p1")
+            self.follow(link.state_sock)
+            link.ports.append(self)
+        Port.__init__(self, fd, "fake-vport0p1", wakes=wakes)
         self.link = link
+
+    def follow(self, sock):
+        """Watch ``sock`` (the link's new state) in the epoll the agent waits on."""
+        if self._watching is not None:
+            try:
+                self.bell.unregister(self._watching)
+            except (OSError, ValueError):
+                pass
+        self._watching = sock.fileno()
+        self.bell.register(self._watching, select.EPOLLIN | select.EPOLLOUT)
+
+    def fileno(self):
+        return self.bell.fileno() if self.wakes else self.fd
+
+    def close(self):
+        with self.link.lock:
+            if self in self.link.ports:
+                self.link.ports.remove(self)
+        Port.close(self)
+        self.bell.close()
 
     def _apply(self):
         link = self.link
@@ -128,8 +167,9 @@ class FakePort(Port):
 class FakeLocator(object):
     """Stands in for PortLocator: the port exists unless the link is unplugged."""
 
-    def __init__(self, link):
+    def __init__(self, link, wakes=True):
         self.link = link
+        self.wakes = wakes
         self.last_reason = None
         self.locates = 0
 
@@ -139,7 +179,26 @@ class FakeLocator(object):
             if self.link.unplugged:
                 self.last_reason = "fake port unplugged"
                 return None
-        return FakePort(self.link)
+        return FakePort(self.link, self.wakes)
+
+
+class FakeHotplug(object):
+    """Stands in for HotplugWatcher: no uevents (the agent looks for the port on a timer)."""
+
+    sock = None
+
+    def open(self):
+        return False
+
+    def close(self):
+        pass
+
+
+class UncheckedHostSession(protocol.HostSession):
+    """A broken (or older) host: pushes its snapshot without checking it against the limits."""
+
+    def push(self):
+        self._out.append(protocol.encode(self._get_snapshot().to_frame(), protocol.MAX_SNAPSHOT_BYTES))
 
 
 class FakeHost(object):
@@ -159,8 +218,8 @@ class FakeHost(object):
         sock = self.link.connect()
         with self.lock:
             self.sock = sock
-            data = self.session.connected()
-            sock.sendall(data)
+            self.session.connect()
+            sock.sendall(self.session.data_to_send())
         self._thread = threading.Thread(target=self._reader, args=(sock,))
         self._thread.daemon = True
         self._thread.start()
@@ -188,7 +247,8 @@ class FakeHost(object):
             if not self.answer:
                 continue
             with self.lock:
-                reply = self.session.receive(data)
+                self.session.receive(data)
+                reply = self.session.data_to_send()
                 if reply and self.sock is sock:
                     try:
                         sock.sendall(reply)
@@ -204,7 +264,10 @@ class FakeHost(object):
             self.push()
 
     def push(self):
-        self.send(self.session.push())
+        with self.lock:
+            self.session.push()
+            data = self.session.data_to_send()
+        self.send(data)
 
     def send(self, data):
         with self.lock:
@@ -224,7 +287,7 @@ printf '%s\\n' "$HOSTKV_REASON" >> {out}.reason
 class Rig(object):
     """Agent thread + fake link + fake host sharing temp dirs; restartable."""
 
-    def __init__(self, tmp_path, **cfg):
+    def __init__(self, tmp_path, wakes=True, **cfg):
         self.tmp = tmp_path
         self.run_dir = str(tmp_path / "run")
         self.state_dir = str(tmp_path / "state")
@@ -234,14 +297,14 @@ class Rig(object):
                            sync_timeout=0.5, hook_timeout=5.0)
         self.cfg_kw.update(cfg)
         self.link = FakeLink()
-        self.locator = FakeLocator(self.link)
+        self.locator = FakeLocator(self.link, wakes)
         self.host = FakeHost(self.link, "hv1", {"host.hostname": "hv1.example", "vm.role": "db"})
         self.agent = None
         self.thread = None
         self.errors = []
 
     def start(self):
-        self.agent = Agent(config.Config(**self.cfg_kw), locator=self.locator)
+        self.agent = Agent(config.Config(**self.cfg_kw), locator=self.locator, hotplug=FakeHotplug())
         self.thread = threading.Thread(target=self._run)
         self.thread.daemon = True
         self.thread.start()

@@ -91,7 +91,7 @@ def test_the_protocol_refuses_a_bad_value_in_both_directions():
     (never published); host side: hostkvd cannot build such a snapshot (validate_values)."""
     frame = protocol.encode(protocol.snapshot_frame("h", 1, {"vm.x": "a\x01b"}), protocol.MAX_SNAPSHOT_BYTES)
     guest = protocol.GuestSession(token_factory=lambda: "t")
-    guest.connected()
+    guest.connect()
     guest.receive(b'{"op":"sync","token":"t"}\n')
     events = guest.receive(frame)
     assert [type(e).__name__ for e in events] == ["InputDiscarded"]

@@ -1,9 +1,13 @@
 """The wire protocol (hostkv.protocol): limits, framing, resync, version negotiation, bad frames."""
 import json
+import os
+import re
 
 import pytest
 
 from hostkv import protocol as P
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def snap(values=None, host_id="hostA", generation=7):
@@ -96,46 +100,83 @@ def test_line_buffer_split_anywhere():
 
 def test_push_on_connect_then_get_ping_hello():
     s, host, guest = host_and_guest()
-    pushed = host.connected()
+    host.connect()
+    pushed = host.data_to_send()
     assert pushed.startswith(b"\n")          # ends any half frame in the guest's pipe
     assert frames(pushed) == [{"op": "snapshot", "v": 1, "host_id": "hostA", "generation": 7,
                                "values": {"host.hostname": "a"}}]
-    out = frames(host.receive(b'{"op":"get","id":1,"key":"host.hostname"}\n{"op":"ping","id":"p"}\n'))
+    events = host.receive(b'{"op":"get","id":1,"key":"host.hostname"}\n{"op":"ping","id":"p"}\n')
+    assert events == [P.RequestAnswered("get", 1), P.RequestAnswered("ping", "p")]
+    out = frames(host.data_to_send())
     assert out[0] == {"op": "value", "id": 1, "key": "host.hostname", "value": "a", "host_id": "hostA",
                       "generation": 7}
     assert out[1] == {"op": "pong", "id": "p"}
-    out = frames(host.receive(b'{"op":"get","id":2,"key":"vm.nope"}\n'))
-    assert out == [{"op": "error", "id": 2, "code": "not-found", "message": "no key vm.nope"}]
+    events = host.receive(b'{"op":"get","id":2,"key":"vm.nope"}\n')
+    assert [type(e) for e in events] == [P.RequestRefused] and events[0].error.code == "not-found"
+    assert frames(host.data_to_send()) == [{"op": "error", "id": 2, "code": "not-found",
+                                            "message": "no key vm.nope"}]
+    assert host.data_to_send() == b""          # drained
 
 
 def test_guest_cannot_set_anything():
     s, host, guest = host_and_guest()
     for op in ("set", "put", "delete", "snapshot"):
-        out = frames(host.receive(json.dumps({"op": op, "key": "host.hostname", "value": "evil",
-                                              "values": {"host.hostname": "evil"}}).encode() + b"\n"))
-        assert out[0]["code"] == "unknown-op"
+        host.receive(json.dumps({"op": op, "key": "host.hostname", "value": "evil",
+                                 "values": {"host.hostname": "evil"}}).encode() + b"\n")
+        assert frames(host.data_to_send())[0]["code"] == "unknown-op"
     assert s["snap"].values == {"host.hostname": "a"}
+
+
+def exchange(host, guest, now=None):
+    """One round trip: the guest's queued bytes to the host and the host's answer back."""
+    host.receive(guest.data_to_send())
+    return guest.receive(host.data_to_send(), now=now)
 
 
 def test_full_exchange_through_both_sessions():
     s, host, guest = host_and_guest()
-    guest.connected()
-    events = guest.receive(host.connected() + host.receive(guest.data_to_send()))
-    kinds = [type(e).__name__ for e in events]
-    # the pushed snapshot arrived while our sync was outstanding: discarded; then sync, snapshot, hello
-    assert kinds == ["Resynced", "SnapshotReceived", "ReplyReceived"]
+    guest.connect(now=0.0)
+    host.connect()
+    events = guest.receive(host.data_to_send())
+    assert events == [] and not guest.in_sync    # the pushed snapshot arrived during our sync
+    events = exchange(host, guest)
+    # then: sync reply, snapshot, hello reply - all typed
+    assert [type(e) for e in events] == [P.Resynced, P.SnapshotReceived, P.Hello]
     assert events[1].snapshot == s["snap"]
-    assert guest.version == 1
+    assert events[2] == P.Hello(None, 1, "hostkvd", events[2].limits) and events[2].limits["keys"] == 256
+    assert guest.version == 1 and guest.server == "hostkvd" and guest.in_sync
+    assert guest.next_deadline() is None         # in sync, no periodic re-sync: nothing timed
     # later pushes arrive unasked
     s["snap"] = snap({"host.hostname": "b"}, host_id="hostB", generation=1)
-    events = guest.receive(host.push())
+    host.push()
+    events = guest.receive(host.data_to_send())
     assert [e.snapshot.values for e in events] == [{"host.hostname": "b"}]
+
+
+def test_the_wire_bytes_are_those_of_version_1():
+    """The API changed, the bytes did not: an old agent and a new hostkvd (and vice versa)
+    exchange exactly these frames (docs/PROTOCOL.md, "Compatibility")."""
+    s, host, guest = host_and_guest()
+    guest.connect(now=0.0)
+    assert guest.data_to_send() == (b'\n{"op":"sync","token":"t1"}\n'
+                                    b'{"agent":"hostkv-agent","op":"hello","versions":[1]}\n')
+    guest.receive(b'{"op":"sync","token":"t1"}\n')
+    guest.get("host.hostname")
+    guest.ping()
+    assert guest.data_to_send() == b'{"id":1,"key":"host.hostname","op":"get"}\n{"id":2,"op":"ping"}\n'
+    host.connect()
+    assert host.data_to_send() == (b'\n{"generation":7,"host_id":"hostA","op":"snapshot","v":1,'
+                                   b'"values":{"host.hostname":"a"}}\n')
+    host.receive(b'{"op":"sync","token":"t9"}\n')
+    assert host.data_to_send() == (b'\n{"op":"sync","token":"t9"}\n{"generation":7,"host_id":"hostA",'
+                                   b'"op":"snapshot","v":1,"values":{"host.hostname":"a"}}\n')
 
 
 def test_resync_discards_half_frames_left_by_a_migration():
     s, host, guest = host_and_guest()
-    guest.connected()
-    reply = host.receive(guest.data_to_send())
+    guest.connect(now=0.0)
+    host.receive(guest.data_to_send())
+    reply = host.data_to_send()
     # half of an old frame is in the pipe before the new host's bytes
     stale_half = b'{"generation":3,"host_id":"OLD","op":"snapshot","v":1,"values":{"host.hostname":"ol'
     events = guest.receive(stale_half + reply[:20])
@@ -145,24 +186,136 @@ def test_resync_discards_half_frames_left_by_a_migration():
     assert all(sn.host_id != "OLD" for sn in snaps)
 
 
+def synced(host, guest, now=0.0):
+    guest.connect(now=now)
+    exchange(host, guest, now=now)
+    assert guest.in_sync
+    return guest
+
+
 def test_garbage_after_sync_starts_a_new_sync():
     s, host, guest = host_and_guest()
-    guest.connected()
-    guest.receive(host.receive(guest.data_to_send()))
+    synced(host, guest)
     assert guest.sync_token is None
-    events = guest.receive(b"\x00\xffgarbage\n")
-    assert isinstance(events[0], P.InputDiscarded)
-    assert guest.sync_token == "t2"
+    events = guest.receive(b"\x00\xffgarbage\n", now=1.0)
+    assert [type(e) for e in events] == [P.InputDiscarded] and events[0].hold == 0
+    assert guest.sync_token == "t2" and not guest.in_sync
     assert frames(guest.data_to_send()) == [{"op": "sync", "token": "t2"}]
+    assert guest.next_deadline() == 1.0 + P.SYNC_TIMEOUT
 
 
 def test_invalid_snapshot_from_host_is_not_accepted():
     s, host, guest = host_and_guest()
-    guest.connected()
-    guest.receive(host.receive(guest.data_to_send()))
+    synced(host, guest)
     bad = {"op": "snapshot", "v": 1, "host_id": "h", "generation": 1, "values": {"../etc/passwd": "x"}}
     events = guest.receive(json.dumps(bad).encode() + b"\n")
     assert isinstance(events[0], P.InputDiscarded) and events[0].error.code == "bad-key"
+
+
+def test_an_unanswered_sync_is_sent_again_with_a_new_token_when_its_deadline_is_due():
+    s, host, guest = host_and_guest(tokens=("t1", "t2", "t3"))
+    guest = P.GuestSession(token_factory=iter(("t1", "t2", "t3")).__next__, sync_timeout=2.0)
+    guest.connect(now=10.0)
+    guest.data_to_send()
+    assert guest.next_deadline() == 12.0
+    assert guest.tick(now=11.9) == [] and guest.data_to_send() == b""
+    assert guest.tick(now=12.0) == [P.SyncTimedOut(2)]
+    assert frames(guest.data_to_send()) == [{"op": "sync", "token": "t2"}]
+    assert guest.next_deadline() == 14.0
+    # the answer to the old token is ignored; the new one ends the sync
+    assert guest.receive(b'{"op":"sync","token":"t1"}\n', now=13.0) == []
+    assert guest.receive(b'{"op":"sync","token":"t2"}\n', now=13.0) == [P.Resynced()]
+    assert guest.next_deadline() is None
+
+
+def test_a_host_answering_every_sync_with_bad_data_gets_the_next_sync_held_back():
+    bad = b'{"op":"snapshot","v":1,"host_id":"h","generation":1,"values":{"nope":"x"}}\n'
+    guest = P.GuestSession(token_factory=("t%d" % i for i in range(100)).__next__)
+    guest.connect(now=0.0)
+    guest.data_to_send()
+    holds = []
+    now = 0.0
+    for _ in range(9):
+        guest.receive(b'{"op":"sync","token":"%s"}\n' % guest.sync_token.encode(), now=now)
+        event, = guest.receive(bad, now=now)
+        holds.append(event.hold)
+        if event.hold:
+            assert guest.data_to_send() == b""             # held: nothing sent yet
+            assert guest.next_deadline() == now + event.hold
+            now += event.hold
+            guest.tick(now=now)
+        assert frames(guest.data_to_send()) == [{"op": "sync", "token": guest.sync_token}]
+    assert holds == [0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    # good data ends the streak
+    guest.receive(b'{"op":"sync","token":"%s"}\n' % guest.sync_token.encode(), now=now)
+    guest.receive(b'{"op":"snapshot","v":1,"host_id":"h","generation":1,"values":{}}\n', now=now)
+    assert guest.receive(b"junk\n", now=now)[0].hold == 0
+
+
+def test_periodic_resync():
+    s, host, guest = host_and_guest()
+    guest = P.GuestSession(token_factory=iter(("t1", "t2")).__next__, resync_interval=300)
+    synced(host, guest, now=5.0)
+    assert guest.next_deadline() == 305.0
+    assert guest.tick(now=305.0) == [] and not guest.in_sync
+    assert frames(guest.data_to_send()) == [{"op": "sync", "token": "t2"}]
+
+
+def test_requests_wait_for_the_sync_and_are_sent_again_after_a_resync():
+    s, host, guest = host_and_guest()
+    guest.connect(now=0.0)
+    req = guest.get("host.hostname")             # before the sync: held in the session
+    assert b'"op":"get"' not in guest.data_to_send()
+    host.connect()
+    host.data_to_send()                          # (the pushed snapshot is lost in the sync)
+    host.receive(b'{"op":"sync","token":"t1"}\n')
+    events = guest.receive(host.data_to_send())
+    assert [type(e) for e in events] == [P.Resynced, P.SnapshotReceived]
+    events = exchange(host, guest)               # the get goes out once in sync
+    assert events == [P.Value(req, "host.hostname", "a", "hostA", 7)]
+    # a request in flight when garbage starts a new sync: its reply is discarded with
+    # everything before the sync reply, and it is sent again after it - one reply in all
+    req2 = guest.get("host.hostname")
+    host.receive(guest.data_to_send())
+    answer = host.data_to_send()
+    assert guest.receive(b"garbage\n")[0].error.code == "bad-json"
+    assert guest.receive(answer) == []           # discarded: not the sync reply
+    events = exchange(host, guest)
+    assert [type(e) for e in events] == [P.Resynced, P.SnapshotReceived]
+    assert exchange(host, guest) == [P.Value(req2, "host.hostname", "a", "hostA", 7)]
+    assert guest.pending == []
+
+
+def test_errors_pongs_cancel_and_disconnect():
+    s, host, guest = host_and_guest()
+    synced(host, guest)
+    missing = guest.get("vm.missing")
+    ping = guest.ping()
+    assert guest.pending == [missing, ping]
+    events = exchange(host, guest)
+    assert events == [P.Error(missing, "not-found", "no key vm.missing"), P.Pong(ping)]
+    late = guest.get("host.hostname")
+    guest.cancel(late)
+    assert exchange(host, guest) == []           # the reply to a cancelled request is ignored
+    lost = guest.get("host.hostname")
+    assert guest.disconnect() == [lost]
+    assert not guest.connected and guest.next_deadline() is None and guest.data_to_send() == b""
+    assert guest.receive(b'{"op":"pong"}\n') == []  # nothing is accepted while disconnected
+
+
+def test_replies_are_typed_and_invalid_ones_are_discarded():
+    s, host, guest = host_and_guest()
+    synced(host, guest)
+    req = guest.get("host.hostname")
+    guest.data_to_send()
+    bad = b'{"op":"value","id":%d,"key":"host.hostname","value":5,"host_id":"h","generation":1}\n' % req
+    events = guest.receive(bad)
+    assert [type(e) for e in events] == [P.InputDiscarded] and events[0].error.code == "bad-value"
+    assert guest.pending == [req]                # sent again after the resync
+    events = guest.receive(b'{"op":"sync","token":"t2"}\n{"op":"error","code":"' + b"c" * 99
+                           + b'","message":5}\n{"op":"notice"}\n{"op":"notice","id":77}\n')
+    # (an unknown op naming an id that is not ours is ignored like any stale reply)
+    assert events == [P.Resynced(), P.Error(None, "c" * 40, ""), P.UnknownReply(None, "notice")]
 
 
 def test_version_negotiation_both_directions():
@@ -172,16 +325,18 @@ def test_version_negotiation_both_directions():
         P.negotiate([7, 8])
     assert err.value.code == "no-common-version"
     s, host, guest = host_and_guest()
-    out = frames(host.receive(b'{"op":"hello","versions":[1,2],"agent":"hostkv-agent/9","future":true}\n'))
+    events = host.receive(b'{"op":"hello","versions":[1,2],"agent":"hostkv-agent/9","future":true}\n')
+    assert events == [P.GuestHello(1, "hostkv-agent/9")]
+    out = frames(host.data_to_send())
     assert out[0]["version"] == 1 and out[0]["limits"]["value_bytes"] == 4096
-    out = frames(host.receive(b'{"op":"hello","versions":[2]}\n'))
-    assert out[0]["code"] == "no-common-version"
-    # a newer host's frames with fields we do not know are accepted
+    host.receive(b'{"op":"hello","versions":[2]}\n')
+    assert frames(host.data_to_send())[0]["code"] == "no-common-version"
+    # a newer host's frames with fields and ops we do not know are accepted
     g = P.GuestSession(token_factory=lambda: "t")
-    g.connected()
+    g.connect()
     events = g.receive(b'{"op":"sync","token":"t"}\n{"op":"snapshot","v":1,"host_id":"h","generation":1,'
                        b'"values":{},"new_field":[1]}\n{"op":"notice","text":"from the future"}\n')
-    assert [type(e).__name__ for e in events] == ["Resynced", "SnapshotReceived", "ReplyReceived"]
+    assert [type(e) for e in events] == [P.Resynced, P.SnapshotReceived, P.UnknownReply]
 
 
 @pytest.mark.parametrize("line, code", [
@@ -197,16 +352,19 @@ def test_version_negotiation_both_directions():
 ])
 def test_malformed_frames_get_a_clear_error_and_the_session_survives(line, code):
     s, host, guest = host_and_guest()
-    out = frames(host.receive(line + b"\n"))
+    events = host.receive(line + b"\n")
+    assert [type(e) for e in events] == [P.RequestRefused] and events[0].error.code == code
+    out = frames(host.data_to_send())
     assert out[0]["op"] == "error" and out[0]["code"] == code and out[0]["message"]
     assert host.errors == 1
-    assert frames(host.receive(b'{"op":"ping","id":9}\n')) == [{"op": "pong", "id": 9}]
+    host.receive(b'{"op":"ping","id":9}\n')
+    assert frames(host.data_to_send()) == [{"op": "pong", "id": 9}]
 
 
 def test_request_ids_are_echoed_only_when_safe():
     s, host, guest = host_and_guest()
-    out = frames(host.receive(b'{"op":"ping","id":{"x":1}}\n{"op":"ping","id":"' + b"x" * 100 + b'"}\n'))
-    assert out == [{"op": "pong"}, {"op": "pong"}]
+    host.receive(b'{"op":"ping","id":{"x":1}}\n{"op":"ping","id":"' + b"x" * 100 + b'"}\n')
+    assert frames(host.data_to_send()) == [{"op": "pong"}, {"op": "pong"}]
 
 
 @pytest.mark.parametrize("host_id", ["", "a\x00b", "line\nbreak", "\x1b[31m", "x" * 129, 5, None, "\udcff"])
@@ -219,3 +377,63 @@ def test_bad_host_ids_are_refused(host_id):
 def test_good_host_ids():
     for host_id in ("4f0c6c1e-8f3a-4a52-9d1e-0b8c2b7c2a10", "kvm7.dc1", "hôte-7", "x" * 128):
         assert P.validate_host_id(host_id) == host_id
+
+
+# ---------------------------------------------------------------- the error-code registry
+
+PROTOCOL_MD = os.path.join(REPO, "docs", "PROTOCOL.md")
+SOURCE_ROOTS = ("protocol", "guest_agent", "host_service", "cobbler_plugin", "koan_patch")
+
+
+def test_error_codes_registry_matches_protocol_md():
+    with open(PROTOCOL_MD) as f:
+        doc = f.read()
+    section = doc.split("\n## Error codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| (sent|data) \| ", section, re.M)
+    assert len(rows) == len(set(code for code, _ in rows))
+    assert dict(rows) == dict((code, kind) for code, (kind, _) in P.ERROR_CODES.items())
+
+
+def test_every_error_code_the_code_uses_is_registered():
+    """Any ProtocolError("code", ...) or error_frame("code", ...) in the shipped code uses a
+    registered code (a typo or a new code without its line in PROTOCOL.md fails here)."""
+    used = {}
+    pattern = re.compile(r"""(?:ProtocolError|error_frame)\(\s*["']([a-z0-9-]+)["']""")
+    for root in SOURCE_ROOTS:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(REPO, root)):
+            for name in filenames:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    with open(path) as f:
+                        for code in pattern.findall(f.read()):
+                            used.setdefault(code, path)
+    assert len(used) >= 10, used                      # the scan found the protocol's own codes
+    unknown = dict((code, path) for code, path in used.items() if code not in P.ERROR_CODES)
+    assert unknown == {}
+
+
+def test_sent_codes_are_the_ones_the_host_can_send():
+    """Every ``sent`` code really is produced by HostSession for some guest input."""
+    s, host, guest = host_and_guest()
+    inputs = [b"x" * 5000, b"\xff", b"nope", b"[1]", b'{"op":"set"}', b'{"op":"hello","versions":[9]}',
+              b'{"op":"sync","token":"a b"}', b'{"op":"get","key":"bad"}', b'{"op":"get","key":"vm.none"}']
+    host.receive(b"\n".join(inputs) + b"\n")
+    produced = set(f["code"] for f in frames(host.data_to_send()))
+    s["snap"] = snap(dict(("vm.k%d" % i, "v") for i in range(P.MAX_KEYS + 1)))
+    assert host.push() is not None
+    produced |= set(f["code"] for f in frames(host.data_to_send()))
+    assert produced == set(code for code, (kind, _) in P.ERROR_CODES.items() if kind == "sent")
+
+
+def test_undeliverable_snapshot_is_never_sent_and_the_guest_is_told():
+    """Over a limit on the host side: no snapshot frame leaves, an id-less error says why."""
+    s, host, guest = host_and_guest({"host.a": "1"})
+    host.connect()
+    host.data_to_send()
+    s["snap"] = snap(dict(("vm.k%d" % i, "v") for i in range(P.MAX_KEYS + 1)))
+    err = host.push()
+    assert err is not None and err.code == "too-many-keys"
+    out = frames(host.data_to_send())
+    assert [f["op"] for f in out] == ["error"]
+    assert out[0]["code"] == "snapshot-undeliverable" and "id" not in out[0]
+    assert "256" in out[0]["message"] or "keys" in out[0]["message"]

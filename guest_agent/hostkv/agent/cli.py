@@ -177,6 +177,11 @@ def cmd_env(args):
     return EXIT_OK
 
 
+# passed through from the agent's status reply as they are (docs/AGENT.md, control socket)
+_AGENT_STATUS_FIELDS = ("in_sync", "link", "link_since", "link_since_monotonic", "version", "modules",
+                        "timings")
+
+
 def cmd_status(args):
     agent = None
     agent_error = None
@@ -205,6 +210,9 @@ def cmd_status(args):
     if agent is not None:      # the agent's view of the channel is the live one
         info["connected"] = bool(agent.get("connected"))
         info.setdefault("seq", agent.get("seq"))
+        for field in _AGENT_STATUS_FIELDS:
+            if field in agent:
+                info[field] = agent[field]
     code = EXIT_OK if (agent is not None and doc is not None) else EXIT_NO_DATA
     if args.json:
         _out(json.dumps(info, ensure_ascii=False, sort_keys=True, indent=1) + "\n")

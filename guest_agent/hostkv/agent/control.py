@@ -3,11 +3,14 @@
 Wire format: one JSON object per line in each direction.  A client sends a request and
 reads one reply line per request; requests on one connection are answered in order.
 Replies carry ``"ok": true`` or ``"ok": false, "error": CODE, "message": TEXT``.  The
-requests themselves are interpreted by the daemon (see daemon.py and docs/AGENT.md).
+requests themselves are interpreted elsewhere (requests.py, docs/AGENT.md).
 
-The server is driven by the daemon's poll loop: :meth:`ControlServer.poll_fds` lists what
-to wait for, :meth:`ControlServer.on_event` handles readiness.  Limits: requests of at
-most 64 KiB, at most 64 clients at once; a client breaking them is answered with an
+The server is driven by the agent's loop and calls nobody: :meth:`ControlServer.watched`
+lists what to wait for, :meth:`ControlServer.on_event` handles readiness and returns events -
+:class:`RequestReceived` (answer it with ``client.reply(obj)``, then call
+:meth:`ControlServer.resume` for that client's next pipelined request) and
+:class:`ClientClosed`.  A client has one request outstanding at a time.  Limits: requests of
+at most 64 KiB, at most 64 clients at once; a client breaking them is answered with an
 error and disconnected.
 """
 
@@ -31,9 +34,25 @@ def error_reply(code, message, **extra):
     return reply
 
 
+class RequestReceived(object):
+    __slots__ = ("client", "request")
+
+    def __init__(self, client, request):
+        self.client = client
+        self.request = request
+
+
+class ClientClosed(object):
+    __slots__ = ("client",)
+
+    def __init__(self, client):
+        self.client = client
+
+
 class ControlClient(object):
-    """One connected client.  ``reply(obj)`` answers its current request: the reply is sent
-    at once as far as the socket takes it without blocking; the rest waits for POLLOUT."""
+    """One connected client.  ``reply(obj)`` answers its current request (``obj``: a dict, or
+    one JSON line already encoded, as bytes): the reply is sent at once as far as the socket
+    takes it without blocking; the rest waits for POLLOUT."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -49,7 +68,7 @@ class ControlClient(object):
     def reply(self, obj):
         if self.closed:
             return
-        self.outbuf += encode_reply(obj)
+        self.outbuf += obj if isinstance(obj, bytes) else encode_reply(obj)
         self.busy = False
         self.try_send()
 
@@ -67,18 +86,13 @@ class ControlClient(object):
 
 
 class ControlServer(object):
-    """Listens on ``path``; calls ``handler(client, request_dict)`` for each request.
+    """Listens on ``path`` (see the module docstring for the events it returns)."""
 
-    The handler returns a reply dict, or None when it will call ``client.reply()`` later
-    (watch, live get).  ``on_close(client)`` is called when a client goes away.
-    """
-
-    def __init__(self, path, handler, on_close=None):
+    def __init__(self, path):
         self.path = path
-        self.handler = handler
-        self.on_close = on_close or (lambda client: None)
         self.sock = None
         self.clients = {}
+        self._events = []
 
     def open(self):
         """Bind the socket (0600).  Raises RuntimeError if another agent is listening."""
@@ -107,6 +121,7 @@ class ControlServer(object):
     def close(self):
         for client in list(self.clients.values()):
             self._drop(client)
+        self._events = []
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -117,39 +132,43 @@ class ControlServer(object):
 
     def flush_all(self):
         for client in list(self.clients.values()):
-            self._flush(client)
+            self._flush(client, go_on=False)
 
-    def flush(self, client):
-        """Send ``client``'s replies and go on with its pipelined requests (after an
-        asynchronous reply: watch, live get)."""
+    def resume(self, client):
+        """``client`` was answered: send what is queued and return its next request (events)."""
         if not client.closed:
             self._flush(client)
+        return self._take()
 
-    def poll_fds(self):
-        fds = []
+    def watched(self):
+        """{fd: (poll events, owner)} to wait on now (owner: the socket or client object)."""
+        fds = {}
         if self.sock is not None:
-            fds.append((self.sock.fileno(), select.POLLIN))
+            fds[self.sock.fileno()] = (select.POLLIN, self.sock)
         for fd, client in self.clients.items():
-            events = select.POLLIN
-            if client.outbuf:
-                events |= select.POLLOUT
-            fds.append((fd, events))
+            fds[fd] = (select.POLLIN | (select.POLLOUT if client.outbuf else 0), client)
         return fds
 
     def owns(self, fd):
         return (self.sock is not None and fd == self.sock.fileno()) or fd in self.clients
 
     def on_event(self, fd, revents):
+        """Handle readiness of ``fd``; returns RequestReceived / ClientClosed events."""
         if self.sock is not None and fd == self.sock.fileno():
             self._accept()
-            return
+            return self._take()
         client = self.clients.get(fd)
         if client is None:
-            return
+            return []
         if revents & select.POLLOUT:
             self._flush(client)
         if revents & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL):
             self._read(client)
+        return self._take()
+
+    def _take(self):
+        events, self._events = self._events, []
+        return events
 
     def _accept(self):
         for _ in range(16):
@@ -163,7 +182,6 @@ class ControlServer(object):
             client = ControlClient(conn)
             if len(self.clients) >= MAX_CLIENTS:
                 client.reply(error_reply("busy", "too many clients (%d)" % MAX_CLIENTS))
-                self._flush(client)
                 conn.close()
                 continue
             self.clients[conn.fileno()] = client
@@ -179,10 +197,10 @@ class ControlServer(object):
             self._drop(client)
             return
         client.inbuf += data
-        self.process(client)
+        self._process(client)
 
-    def process(self, client):
-        """Handle the buffered requests of ``client`` (one at a time, in order)."""
+    def _process(self, client):
+        """Hand out the next buffered request of ``client`` (one at a time, in order)."""
         while not client.busy and not client.closed and b"\n" in client.inbuf:
             line, client.inbuf = client.inbuf.split(b"\n", 1)
             if not line.strip():
@@ -195,17 +213,16 @@ class ControlServer(object):
             except ValueError as err:
                 client.reply(error_reply("bad-request", str(err)[:200]))
                 continue
-            reply = self.handler(client, request)
-            if reply is not None:
-                client.reply(reply)
+            self._events.append(RequestReceived(client, request))
+            return
         if len(client.inbuf) > MAX_REQUEST_BYTES:
             client.reply(error_reply("request-too-large", "requests are limited to %d bytes"
                                      % MAX_REQUEST_BYTES))
             client.inbuf = b""
             client.close_after_flush = True
-        self._flush(client)
+        self._flush(client, go_on=False)
 
-    def _flush(self, client):
+    def _flush(self, client, go_on=True):
         while client.outbuf and not client.closed:
             try:
                 n = client.sock.send(client.outbuf)
@@ -217,8 +234,8 @@ class ControlServer(object):
             client.outbuf = client.outbuf[n:]
         if client.close_after_flush and not client.outbuf:
             self._drop(client)
-        elif not client.busy and client.inbuf and b"\n" in client.inbuf:
-            self.process(client)
+        elif go_on and not client.busy and b"\n" in client.inbuf:
+            self._process(client)
 
     def _drop(self, client):
         if client.closed:
@@ -229,4 +246,4 @@ class ControlServer(object):
             client.sock.close()
         except (OSError, socket.error):
             pass
-        self.on_close(client)
+        self._events.append(ClientClosed(client))

@@ -22,7 +22,6 @@ ending in ``~``, ``.rpmsave``, ``.rpmnew``, ``.rpmorig``, ``.dpkg-*``, ``.swp``,
 import os
 import signal
 import stat
-import subprocess
 import threading
 import time
 
@@ -142,6 +141,7 @@ class HookRunner(object):
                     self.runs += 1
 
     def _run_one(self, path, job):
+        import subprocess            # only once there is a hook to run: an agent without hooks never loads it
         start = time.time()
         try:
             proc = subprocess.Popen([path], env=job.environ(self.run_dir), stdin=subprocess.DEVNULL,

@@ -169,7 +169,8 @@ class Channel(object):
         self._out_bytes = 0
         self._push_wanted = False
         self._idle.set()
-        writer.write(self.session.connected())
+        self.session.connect()
+        writer.write(self.session.data_to_send())
         self.pushes += 1
         self.last_push = time.time()
         log.info("%s: connected to %s, snapshot pushed (generation %s)", self.label, self.path,
@@ -184,7 +185,8 @@ class Channel(object):
                 if not data:
                     break
                 before, errors_before = self.session.requests, self.session.errors
-                out = self.session.receive(data)
+                events = self.session.receive(data)     # one event per guest frame handled
+                out = self.session.data_to_send()
                 if out:
                     self._queue(out)
                 self._count_turn(len(data), self.session.requests - before,
@@ -192,8 +194,7 @@ class Channel(object):
                 if self.session.errors >= MAX_ERRORS_PER_CONNECTION:
                     await self._flush(CLOSE_FLUSH_TIMEOUT)
                     return True
-                delay = max(self._bytes.take(len(data)),
-                            self._requests.take(self.session.requests - before))
+                delay = max(self._bytes.take(len(data)), self._requests.take(len(events)))
                 # always yield: reader.read() returns buffered data without yielding, so a busy
                 # guest would otherwise hold the loop for many chunks and stall the other guests
                 await asyncio.sleep(delay if delay > 0 else 0)
@@ -239,7 +240,8 @@ class Channel(object):
                 while self._out or self._push_wanted:
                     if self._push_wanted:
                         self._push_wanted = False
-                        data = self.session.push()
+                        self.session.push()
+                        data = self.session.data_to_send()
                         self.pushes += 1
                         self.last_push = time.time()
                     else:

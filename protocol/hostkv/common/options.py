@@ -244,6 +244,7 @@ def option_problem(option, value):
                     "also holds a space, and then no single quote)"
                     % (option, vm_key(option), seen if seen is not None else "(unreadable)"))
         return None
+    # NAME, not <name>: cobbler-web shows this message as HTML, where <name> vanishes
     return ("%s is not a hostkv option (known: %s, %sNAME, %sNAME)"
             % (option, ", ".join(BOOLEAN_OPTIONS + URL_OPTIONS), VM_PREFIX, HOST_PREFIX))
 
