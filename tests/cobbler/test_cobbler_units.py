@@ -104,7 +104,7 @@ def test_check_meta_names_every_problem():
                    "longer than 128 bytes", "value of vm.ctl has U+0001 (a control character) at character 2"):
         assert needle in text
     assert "hostkv_enable is not a hostkv option (known: hostkv_enabled," in text
-    assert "hostkv_vm_NAME)" in text
+    assert "hostkv_vm_NAME, hostkv_host_NAME)" in text
     # cobbler-web renders the message as HTML: a placeholder like <name> would vanish
     # (hostkv_vm_<name> showed as "hostkv_vm_)"); only the admin's own text may bring brackets
     assert "<" not in text and ">" not in text, text

@@ -12,6 +12,7 @@ Contract (from the test's side)::
         cobbler.run([argv...])                # any command inside the namespace (CompletedProcess)
         cobbler.path("/etc/cobbler/x")        # that namespace path as reachable from this process
         cobbler.restart()                     # restart cobblerd (e.g. after installing a module)
+        cobbler.stop_cobblerd(); cobbler.start_cobblerd()   # an outage (the front keeps answering 500)
         cobbler.log_tail()                    # the last lines of cobblerd's + the front's output
 
 What runs where:
@@ -305,7 +306,15 @@ class CobblerServer:
 
     def restart(self):
         """Restart cobblerd in the same namespace (modules are only loaded at start)."""
+        self.stop_cobblerd()
+        self.start_cobblerd()
+
+    def stop_cobblerd(self):
+        """Stop cobblerd only: the HTTP front stays and answers 500, as Apache's proxy does."""
         self._terminate(self.cobblerd)
+
+    def start_cobblerd(self):
+        """Start cobblerd again (after :meth:`stop_cobblerd`); returns once XML-RPC answers."""
         self._start_cobblerd()
         self._wait_ready()
 

@@ -157,6 +157,15 @@ def test_hostkv_guest_end_to_end(world, web1):
         assert domain_xml.metadata_from_domain(world.domain_xml("web1", inactive=True)) == \
             ({"vm.role": "web"}, [])
         assert domain_xml.find_channels(world.domain_xml("web1", inactive=True))
+        # the guest records where it came from: this Cobbler server and system web1 (issue 14);
+        # its keys are that link's keys, so hostkvd's [cobbler] source keeps them in line
+        for xml in (live, world.domain_xml("web1", inactive=True)):
+            meta, problems = domain_xml.domain_metadata(xml)
+            assert problems == [] and meta.keys == {}
+            link = meta.source("cobbler")
+            assert link.identity() == {"server": _url(world, "/cobbler_api"), "system": "web1"}, link.attrs
+            assert link.values == {"vm.role": "web"}
+        assert "linked to cobbler server=%s system=web1" % _url(world, "/cobbler_api") in web1.output
 
         ex = world.guest_exec("web1")
         world.wait_exec(ex, "web1")

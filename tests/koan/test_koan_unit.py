@@ -152,3 +152,24 @@ def test_bad_key_is_a_koan_info_exception(virtinstall):
     with pytest.raises(InfoException) as err:
         wrapped("qemu:///system", **_kwargs("hostkv_enabled=1 hostkv_vm_a%b=1 "))
     assert "hostkv_vm_a%b" in str(err.value)        # a '%' survives koan's ``value % args``
+
+
+def test_the_guest_is_linked_to_the_cobbler_record_it_came_from():
+    import xmlrpc.client
+    from hostkv.common import domain_xml
+
+    class Koan(object):
+        server, port, profile, system = "cobbler.example", 8080, None, "web1"
+        xmlrpc_server = xmlrpc.client.ServerProxy("https://cobbler.example:8443/cobbler_api")
+
+    link = channel.cobbler_link(Koan(), {"name": "web1"})
+    assert link.attrs == {"server": "https://cobbler.example:8443/cobbler_api", "system": "web1"}
+    Koan.xmlrpc_server, Koan.profile = None, "el9"
+    assert channel.cobbler_link(Koan(), {"name": "el9"}).attrs == {
+        "server": "http://cobbler.example:8080/cobbler_api", "profile": "el9"}
+    Koan.profile, Koan.system = None, None
+    assert channel.cobbler_link(Koan(), {}) is None
+    meta = domain_xml.parse_metadata(channel.metadata_for({"vm.role": "web"}, link).to_xml())[0]
+    assert meta.keys == {} and meta.source("cobbler").values == {"vm.role": "web"}
+    assert meta.effective()[0] == {"vm.role": "web"}
+    assert channel.metadata_for({"vm.role": "web"}, None).keys == {"vm.role": "web"}

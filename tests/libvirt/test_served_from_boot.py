@@ -1,4 +1,5 @@
 """A guest defined with the hostkv channel is served from boot; vm.* keys reach that guest only."""
+import json
 import time
 
 import pytest
@@ -43,8 +44,8 @@ def test_served_from_boot_and_vm_set_reaches_only_that_guest(lv_hosts, guests):
     assert other.key("vm.role") is None and other.key("vm.tier") is None
 
     # persisted in the definition too, and readable back
-    got = a.hostkvctl(["vm", "get", "web1", "--config"], check=True).stdout.split()
-    assert got == ["vm.role=web", "vm.tier=front"]
+    got = a.hostkvctl(["vm", "get", "web1", "--config", "--json"], check=True).stdout
+    assert json.loads(got)["values"] == {"vm.role": "web", "vm.tier": "front"}
     a.hostkvctl(["vm", "unset", "web1", "tier"], check=True)
     web.wait_key("vm.tier", None, timeout=5)
     bad = a.hostkvctl(["vm", "set", "web1", "host.x=1"])

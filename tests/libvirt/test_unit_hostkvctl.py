@@ -104,11 +104,11 @@ def test_vm_keys_on_test_driver():
     code, out, _ = run(["vm", "set", "test", "role=web", "tier=1"])
     assert code == 0 and "test: set (config, live)" in out
     code, out, _ = run(["vm", "get", "test"])
-    assert out.split() == ["vm.role=web", "vm.tier=1"]
+    assert out.splitlines() == ['vm.role = "web"  local', 'vm.tier = "1"  local', "policy: (host default)"]
     code, out, _ = run(["vm", "unset", "test", "tier"])
     assert code == 0
     code, out, _ = run(["vm", "get", "test", "--json", "--config"])
-    assert json.loads(out) == {"vm.role": "web"}
+    assert json.loads(out)["values"] == {"vm.role": "web"}
     code, _, err = run(["vm", "unset", "test", "never"])
     assert code == cli.EXIT_FAILED and "vm.never" in err
     code, _, err = run(["vm", "get", "nosuch"])
@@ -149,6 +149,108 @@ def test_one_value_rule_for_host_set_and_vm_set(fake_hostkvd):
     code, _, _ = run(["vm", "set", "test", "cr=x\r\ny\r", "blank=  "])
     assert code == 0
     code, out, _ = run(["vm", "get", "test", "--json"])
-    assert {k: v for k, v in json.loads(out).items() if k in ("vm.cr", "vm.blank")} == \
+    assert {k: v for k, v in json.loads(out)["values"].items() if k in ("vm.cr", "vm.blank")} == \
         {"vm.cr": "x\r\ny\r", "vm.blank": "  "}
     run(["vm", "unset", "test", "cr", "blank"])
+
+
+def _meta(conn_name="test"):
+    from hostkv.common import domain_xml
+    conn = libvirt.open(URI)
+    try:
+        from hostkv.hostkvctl import vm_keys
+        return vm_keys.read_meta(conn.lookupByName(conn_name), libvirt.VIR_DOMAIN_AFFECT_LIVE)[0]
+    finally:
+        conn.close()
+
+
+def test_vm_policy_link_and_sources_on_test_driver():
+    from hostkv.common import domain_xml
+    assert run(["vm", "set", "test", "owner=alice", "role=pinned"])[0] == 0
+    code, out, _ = run(["vm", "policy", "test"])
+    assert code == 0 and "policy not set" in out
+    code, out, _ = run(["vm", "policy", "test", "opaque"])
+    assert code == 0 and "policy opaque" in out
+    assert json.loads(run(["vm", "policy", "test", "--json"])[1]) == {"domain": "test", "policy": "opaque"}
+    with pytest.raises(SystemExit) as usage:            # argparse: exit 2, nothing changed
+        run(["vm", "policy", "test", "secret"])
+    assert usage.value.code == cli.EXIT_USAGE
+    code, out, _ = run(["vm", "link", "test", "--cobbler-system", "web1", "--cobbler-server", "cobbler.example"])
+    assert code == 0 and "linked to cobbler server=http://cobbler.example/cobbler_api system=web1" in out
+    meta = _meta()
+    assert meta.keys == {"vm.owner": "alice", "vm.role": "pinned"} and meta.policy == "opaque"
+    # what hostkvd's metadata writer stores after reading the record (simulated here)
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByName("test")
+        meta.set_source(domain_xml.SourceLink("cobbler", dict(meta.source("cobbler").attrs, fetched="1767000000"),
+                                              {"vm.role": "db", "vm.tier": "3"}))
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta.to_xml(), domain_xml.NS_PREFIX, domain_xml.NS,
+                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    finally:
+        conn.close()
+    code, out, _ = run(["vm", "get", "test"])
+    lines = out.splitlines()
+    assert lines[:3] == ['vm.owner = "alice"  local',
+                         'vm.role = "pinned"  local (overrides cobbler "db")',
+                         'vm.tier = "3"  cobbler server=http://cobbler.example/cobbler_api system=web1']
+    assert lines[3] == "policy: opaque" and lines[4].startswith("linked: cobbler server=")
+    got = json.loads(run(["vm", "get", "test", "--json"])[1])
+    assert got["origins"] == {"vm.owner": "local", "vm.role": "local", "vm.tier": "cobbler"}
+    assert got["links"]["cobbler"]["keys"] == {"vm.role": "db", "vm.tier": "3"}
+    # a key only Cobbler sets cannot be unset locally: the message says where it comes from
+    code, _, err = run(["vm", "unset", "test", "tier"])
+    assert code == cli.EXIT_FAILED and "vm.tier comes from cobbler" in err and "vm unlink test" in err
+    # vm unset of the local override hands the key back to Cobbler; vm set says what it overrides
+    assert run(["vm", "unset", "test", "role"])[0] == 0
+    assert json.loads(run(["vm", "get", "test", "--json"])[1])["values"]["vm.role"] == "db"
+    code, out, _ = run(["vm", "set", "test", "role=again"])
+    assert 'overrides vm.role (cobbler has "db")' in out
+    # re-linking to the same record keeps its keys; to another one starts empty
+    run(["vm", "link", "test", "--cobbler-system", "web1", "--cobbler-server", "cobbler.example"])
+    assert _meta().source("cobbler").values == {"vm.role": "db", "vm.tier": "3"}
+    run(["vm", "link", "test", "--cobbler-profile", "el9"])
+    assert _meta().source("cobbler").attrs == {"profile": "el9"} and _meta().source("cobbler").values == {}
+    # unlink --keep-keys; the local key that was there stays
+    run(["vm", "link", "test", "--cobbler-system", "web1", "--cobbler-server", "cobbler.example"])
+    code, out, _ = run(["vm", "unlink", "test", "--keep-keys"])
+    assert code == 0, out
+    meta = _meta()
+    assert meta.sources == [] and meta.keys == {"vm.owner": "alice", "vm.role": "again"}
+    assert run(["vm", "unlink", "test"])[0] == cli.EXIT_FAILED
+    assert run(["vm", "link", "test", "--cobbler-system", "web1", "--cobbler-server", "ftp://x"])[0] == cli.EXIT_USAGE
+    run(["vm", "policy", "test", "default"])
+    run(["vm", "unset", "test", "owner", "role"])
+    assert _meta().is_empty()
+
+
+def test_status_shows_origins_keysources_and_policies(tmp_path):
+    path = str(tmp_path / "ctl.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    status = {"server": "hostkvd/x", "pid": 1, "host_id": "hid", "config": "/c", "default_policy": "all",
+              "host_values": {"host.hostname": "h1", "host.rack": "r7"},
+              "host_origins": {"host.hostname": "builtin", "host.rack": "cobbler"},
+              "keysources": {"cobbler": {"state": "unreachable", "since": 1767000000.0, "reason": "refused",
+                                         "server": "http://c/cobbler_api", "host_record": "h1",
+                                         "host_values": {"host.rack": "r7"},
+                                         "guests": {"web1": {"problem": "Cobbler system web1: bad"}}}},
+              "channels": [{"label": "web1", "state": "connected", "generation": 5, "pushes": 2, "connects": 1,
+                            "path": "/p", "policy": "opaque", "policy_from": "domain",
+                            "vm_origins": {"vm.role": "cobbler", "vm.x": "local"},
+                            "links": {"cobbler": {"system": "web1", "fetched": "1"}}}]}
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(json.dumps({"ok": True, "status": status}).encode() + b"\n")
+    threading.Thread(target=serve, daemon=True).start()
+    code, out, _ = run(["status"], path)
+    srv.close()
+    assert code == 0
+    assert '  host.rack = "r7"  (cobbler)' in out and '  host.hostname = "h1"  (builtin)' in out
+    assert "cobbler: unreachable since " in out and "(refused); last known keys stay" in out
+    assert "  web1: Cobbler system web1: bad" in out
+    assert "policy opaque; vm keys: 1 cobbler, 1 local; linked: cobbler system=web1" in out

@@ -37,11 +37,13 @@ class FakeDaemon(object):
     def __init__(self):
         self.channels = {}      # key -> {"path", "values", "label"}
         self.calls = []
+        self.metas = {}         # key -> the HostkvMetadata handed over with the channel
         self.host_id = None
 
-    def add_channel(self, key, path, vm_values=None, label=None):
+    def add_channel(self, key, path, vm_values=None, label=None, meta=None):
         self.calls.append(("add", key))
         self.channels[key] = {"path": path, "values": dict(vm_values or {}), "label": label}
+        self.metas[key] = meta
 
     async def remove_channel(self, key):
         self.calls.append(("remove", key))

@@ -38,8 +38,9 @@ def defined(lv_hosts):
 
 def _all_views(host, dom):
     """The vm.* values as each reader sees them: the metadata API, XMLDesc, the saved definition."""
-    api, problems = vm_keys.get(dom, config=True)
+    meta, problems = vm_keys.get(dom, config=True)
     assert problems == []
+    api = meta.effective()[0]
     xml = domain_xml.metadata_from_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     with open(os.path.join(host.basedir, "etc", "qemu", dom.name() + ".xml"), encoding="utf-8") as f:
         saved = domain_xml.metadata_from_domain(f.read())
@@ -104,6 +105,6 @@ def test_a_running_guest_gets_every_value_byte_for_byte(lv_hosts, guests):
         g.wait_key("host.pad", "  p  ", timeout=10)
         got = a.hostkvctl(["vm", "get", "hk-bytes", "--json"], check=True).stdout
         import json
-        assert {k: v for k, v in json.loads(got).items() if k in TRICKY} == TRICKY
+        assert {k: v for k, v in json.loads(got)["values"].items() if k in TRICKY} == TRICKY
     finally:
         a.hostkvctl(["host", "unset", "cr", "pad"])

@@ -149,3 +149,79 @@ def test_disable_removes_exactly_what_enable_added():
     other = _apply(BARE, dx.plan_enable(BARE)).replace(
         "</devices>", "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>")
     assert [k for k, _ in dx.plan_disable(other)] == ["channel"]
+
+
+# ---------------------------------------------------------------- the metadata model (policy, sources)
+
+LINKED = """<keys>
+  <key name="vm.owner">alice</key>
+  <key name="vm.role">local-override</key>
+  <policy host-keys="opaque"/>
+  <source type="cobbler" server="http://cobbler.example/cobbler_api" system="web1" fetched="17.5">
+    <key name="vm.role">db</key>
+    <key name="vm.tier">3</key>
+  </source>
+</keys>"""
+
+
+def test_model_reads_policy_sources_and_applies_local_over_source():
+    meta, problems = dx.parse_metadata(LINKED)
+    assert problems == []
+    assert meta.keys == {"vm.owner": "alice", "vm.role": "local-override"}
+    assert meta.policy == "opaque"
+    link = meta.source("cobbler")
+    assert link.attrs == {"server": "http://cobbler.example/cobbler_api", "system": "web1", "fetched": "17.5"}
+    assert link.values == {"vm.role": "db", "vm.tier": "3"}
+    values, origins = meta.effective()
+    assert values == {"vm.owner": "alice", "vm.role": "local-override", "vm.tier": "3"}
+    assert origins == {"vm.owner": "local", "vm.role": "local", "vm.tier": "cobbler"}
+    assert meta.shadowed() == {"vm.role": [("cobbler", "db")]}
+    assert dx.parse_metadata_element(LINKED) == (values, [])      # what hostkvd serves
+
+
+def test_model_roundtrips_byte_for_byte_and_through_libvirt():
+    meta = dx.HostkvMetadata({"vm.cr": "a\r\nb"}, "none",
+                             [dx.SourceLink("cobbler", {"system": "web 1"}, {"vm.x": " <&>\r"})])
+    assert dx.parse_metadata(meta.to_xml()) == (meta, [])
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.lookupByName("test")
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, meta.to_xml(), dx.NS_PREFIX, dx.NS,
+                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert dx.domain_metadata(dom.XMLDesc(0)) == (meta, [])
+        start, end = LIVE.index("<hostkv:keys"), LIVE.index("</hostkv:keys>") + len("</hostkv:keys>")
+        whole = LIVE[:start] + meta.to_xml(namespaced=True) + LIVE[end:]
+        assert dx.domain_metadata(whole) == (meta, [])
+    finally:
+        conn.close()
+
+
+def test_model_refuses_to_write_what_it_could_not_read_back():
+    for bad in (dx.HostkvMetadata(policy="some"),
+                dx.HostkvMetadata(sources=[dx.SourceLink("Cobbler")]),
+                dx.HostkvMetadata(sources=[dx.SourceLink("cobbler", {"system": "a\nb"})]),
+                dx.HostkvMetadata(sources=[dx.SourceLink("cobbler", {"type": "x"})]),
+                dx.HostkvMetadata(sources=[dx.SourceLink("cobbler"), dx.SourceLink("cobbler")])):
+        with pytest.raises(dx.DomainXMLError):
+            bad.to_xml()
+    with pytest.raises(entries.EntryError):
+        dx.HostkvMetadata(sources=[dx.SourceLink("cobbler", values={"host.x": "1"})]).to_xml()
+
+
+def test_model_reports_and_leaves_out_broken_parts():
+    text = LINKED.replace('host-keys="opaque"', 'host-keys="some"').replace(
+        '<key name="vm.tier">3</key>', '<key name="host.tier">3</key><junk/>')
+    meta, problems = dx.parse_metadata(text)
+    assert meta.policy is None and meta.source("cobbler").values == {"vm.role": "db"}
+    assert len(problems) == 3, problems
+    assert any("host-keys='some'" in p for p in problems)
+    assert any("source cobbler key 'host.tier'" in p for p in problems)
+    bad_source = dx.parse_metadata(LINKED.replace('system="web1"', 'system="a&#10;b"'))
+    assert bad_source[0].source("cobbler") is None and "ignored hostkv metadata source cobbler" in bad_source[1][0]
+
+
+def test_source_keys_count_toward_the_key_limit():
+    many = dict(("vm.k%d" % i, "v") for i in range(protocol.MAX_KEYS))
+    meta = dx.HostkvMetadata({"vm.local": "1"}, sources=[dx.SourceLink("cobbler", values=many)])
+    values, origins = meta.effective()
+    assert len(values) == protocol.MAX_KEYS and origins["vm.local"] == "local"

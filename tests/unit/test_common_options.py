@@ -1,5 +1,6 @@
 """hostkv.common.options: the Cobbler options, the one set of boolean words, koan's transport."""
 import os
+import re
 
 import pytest
 
@@ -54,3 +55,19 @@ def test_parse_flattened():
         assert options.parse_flattened(empty) == {}
     with pytest.raises(options.OptionError, match="does not parse"):
         options.parse_flattened("k='open")
+
+
+def test_host_options_set_host_keys_with_the_entry_rule():
+    meta = {"hostkv_host_rack": "r7", "hostkv_host_row": 3, "hostkv_vm_role": "db", "other": "x",
+            "hostkv_host_empty": None}
+    assert options.host_values(meta) == {"host.rack": "r7", "host.row": "3", "host.empty": ""}
+    assert options.vm_values(meta) == {"vm.role": "db"}
+    for bad, message in (({"hostkv_host_r@ck": "1"}, "hostkv_host_r@ck (hostkv key host.r@ck)"),
+                         ({"hostkv_host_motd": "a\x01"}, "U+0001"),
+                         ({"hostkv_host_twice": ["a", "b"]}, "not text (given twice?)")):
+        with pytest.raises(options.OptionError, match=re.escape(message)):
+            options.host_values(bad)
+    # the Cobbler validator knows the option (a typo of it is still refused)
+    assert options.check_meta({"hostkv_host_rack": "r7", "hostkv_host_motd": " leading space ok"}) == []
+    assert "hostkv_host_r@ck" in options.check_meta({"hostkv_host_r@ck": "1"})[0]
+    assert "not a hostkv option" in options.check_meta({"hostkv_hosts_rack": "1"})[0]

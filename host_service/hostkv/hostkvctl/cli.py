@@ -13,8 +13,9 @@ import argparse
 import json
 import os
 import sys
+import time
 
-from hostkv.common import entries, paths
+from hostkv.common import domain_xml, entries, paths
 from hostkv.hostkvctl import control_client, enable as enable_mod, libvirt_conn, vm_keys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_NO_LIBVIRT, EXIT_NOT_ROOT = 0, 1, 2, 3, 4, 5
@@ -91,6 +92,22 @@ def build_parser():
     vun = vs.add_parser("unset", help="remove DOMAIN KEY...")
     vun.add_argument("domain")
     vun.add_argument("keys", nargs="+", metavar="KEY")
+    vpol = vs.add_parser("policy", help="which host.* keys DOMAIN sees: all, none, opaque (or default)")
+    vpol.add_argument("domain")
+    vpol.add_argument("policy", nargs="?", choices=domain_xml.POLICIES + ("default",),
+                      help="all: every host key; opaque: the host's names replaced by an opaque id; "
+                           "none: no host key; default: the host's default_policy (no value: show it)")
+    vpol.add_argument("--json", action="store_true")
+    vlink = vs.add_parser("link", help="take DOMAIN's vm.* keys from a Cobbler system (or profile), live")
+    vlink.add_argument("domain")
+    which = vlink.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cobbler-system", metavar="NAME")
+    which.add_argument("--cobbler-profile", metavar="NAME")
+    vlink.add_argument("--cobbler-server", metavar="URL",
+                       help="the Cobbler server (default: the one hostkvd's [cobbler] section polls)")
+    vunl = vs.add_parser("unlink", help="stop taking DOMAIN's keys from Cobbler")
+    vunl.add_argument("domain")
+    vunl.add_argument("--keep-keys", action="store_true", help="keep Cobbler's keys as local keys")
 
     for name, text in (("enable", "hot-plug and persist the hostkv channel"),
                        ("disable", "remove what enable added")):
@@ -123,16 +140,72 @@ def cmd_status(args, out):
         return EXIT_OK
     out.write("%s  pid %s  host_id %s\nconfig %s\n" % (status.get("server"), status.get("pid"),
                                                       status.get("host_id"), status.get("config")))
+    origins = status.get("host_origins", {})
     out.write("host values:\n")
     for key, value in sorted(status.get("host_values", {}).items()):
-        out.write("  %s = %s\n" % (key, json.dumps(value, ensure_ascii=False)))
+        out.write("  %s = %s%s\n" % (key, json.dumps(value, ensure_ascii=False),
+                                     "  (%s)" % origins[key] if key in origins else ""))
+    for line in keysource_lines(status.get("keysources", {})):
+        out.write(line + "\n")
     channels = status.get("channels", [])
-    out.write("channels: %d\n" % len(channels))
+    out.write("channels: %d (default policy %s)\n" % (len(channels), status.get("default_policy", "all")))
     for ch in sorted(channels, key=lambda c: str(c.get("label"))):
         out.write("  %-20s %-10s gen %-14s pushes %-4s connects %-3s %s\n" % (
             ch.get("label"), ch.get("state"), ch.get("generation"), ch.get("pushes"), ch.get("connects"),
             ch.get("path")))
+        extra = describe_guest(ch)
+        if extra:
+            out.write("  %-20s %s\n" % ("", extra))
     return EXIT_OK
+
+
+def _when(stamp):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "never"
+
+
+def keysource_lines(keysources):
+    """``hostkvctl status`` lines for the key sources (``cobbler: ...``)."""
+    lines = []
+    for name, ks in sorted(keysources.items()):
+        state = ks.get("state")
+        head = "%s: %s %s" % (name, ks.get("server", ""), state)
+        if state in ("unreachable", "needs-token"):
+            head = "%s: %s since %s (%s)" % (name, state, _when(ks.get("since")), ks.get("reason"))
+            head += "; last known keys stay"
+        else:
+            head += " (polled %s, every %g s; last change seen %s)" % (
+                _when(ks.get("last_poll")), ks.get("interval") or 0, _when(ks.get("last_change")))
+        lines.append(head)
+        host = ks.get("host_record")
+        values = ks.get("host_values") or {}
+        lines.append("  host record: %s%s" % (
+            host or "none", " -> %s" % ", ".join(sorted(values)) if values else ""))
+        if ks.get("host_values_from") == "cache":
+            lines.append("  host keys from the cache (Cobbler has not answered since hostkvd started)")
+        if ks.get("host_problem"):
+            lines.append("  host record: %s" % ks["host_problem"])
+        for label, guest in sorted((ks.get("guests") or {}).items()):
+            if guest.get("problem"):
+                lines.append("  %s: %s" % (label, guest["problem"]))
+        for label, server in sorted((ks.get("other_servers") or {}).items()):
+            lines.append("  %s: linked to %s, which this hostkvd does not poll" % (label, server))
+    return lines
+
+
+def describe_guest(ch):
+    """The status line under a channel: its policy and where its vm.* keys come from."""
+    parts = []
+    if ch.get("policy"):
+        parts.append("policy %s%s" % (ch["policy"], " (host default)" if ch.get("policy_from") == "default" else ""))
+    counts = {}
+    for origin in (ch.get("vm_origins") or {}).values():
+        counts[origin] = counts.get(origin, 0) + 1
+    if counts:
+        parts.append("vm keys: " + ", ".join("%d %s" % (n, o) for o, n in sorted(counts.items())))
+    for stype, attrs in sorted((ch.get("links") or {}).items()):
+        parts.append("linked: %s" % domain_xml.SourceLink(stype, attrs).describe())
+    return "; ".join(parts)
+
 
 
 def cmd_host(args, out):
@@ -170,27 +243,52 @@ def cmd_vm(args, out, err):
         values = parse_assignments(args.assignments, "vm")
     elif args.action == "unset":
         keys = [scoped_key(k, "vm") for k in args.keys]
+    elif args.action == "link":
+        link = _link_from_args(args)
     conn = _open(args)
     try:
         dom = _domain(args, conn, args.domain)
         if args.action == "get":
-            values, problems = vm_keys.get(dom, config=args.config)
+            meta, problems = vm_keys.get(dom, config=args.config)
+            _warn(problems, err)
+            write_vm_get(out, dom.name(), meta, args.json)
+            return EXIT_OK
+        if args.action == "policy" and args.policy is None:
+            meta, problems = vm_keys.get(dom)
             _warn(problems, err)
             if args.json:
-                out.write(json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+                out.write(json.dumps({"domain": dom.name(), "policy": meta.policy}) + "\n")
             else:
-                for key in sorted(values):
-                    out.write("%s=%s\n" % (key, values[key]))
+                out.write("%s: policy %s\n" % (dom.name(), meta.policy or "not set (the host's "
+                                                 "default_policy applies: hostkvctl status)"))
             return EXIT_OK
+        note = ""
         if args.action == "set":
             done = vm_keys.set_keys(dom, values)
-        else:
+            shadowed = vm_keys.get(dom)[0].shadowed()
+            overrides = ["%s (%s has %s)" % (k, shadowed[k][0][0], json.dumps(shadowed[k][0][1]))
+                         for k in sorted(values) if k in shadowed]
+            if overrides:
+                note = "; overrides %s: `vm unset` hands them back" % ", ".join(overrides)
+        elif args.action == "unset":
             done = vm_keys.unset_keys(dom, keys)
+        elif args.action == "policy":
+            policy = None if args.policy == "default" else args.policy
+            done = vm_keys.set_policy(dom, policy)
+            note = "; policy %s" % (policy or "removed (the host's default_policy applies)")
+        elif args.action == "link":
+            done = vm_keys.link(dom, link)
+            note = "; linked to %s (hostkvd reads it and stores its keys)" % link.describe()
+        else:
+            done = vm_keys.unlink(dom, "cobbler", keep_keys=args.keep_keys)
+            note = "; unlinked from Cobbler%s" % (", its keys kept as local keys" if args.keep_keys else "")
         for _view, problems in done:
             _warn(problems, err)
-        out.write("%s: %s (%s)\n" % (dom.name(), "set" if args.action == "set" else "unset",
-                                     ", ".join(view for view, _p in done) or "no views"))
+        out.write("%s: %s (%s)%s\n" % (dom.name(), args.action, ", ".join(view for view, _p in done)
+                                       or "no views", note))
         return EXIT_OK
+    except domain_xml.DomainXMLError as exc:
+        raise Failure(EXIT_USAGE, str(exc))
     except KeyError as exc:
         raise Failure(EXIT_FAILED, exc.args[0])
     except entries.EntryError as exc:
@@ -199,6 +297,55 @@ def cmd_vm(args, out, err):
         raise Failure(EXIT_FAILED, "libvirt: %s" % exc.get_error_message())
     finally:
         conn.close()
+
+
+def _link_from_args(args):
+    attrs = {}
+    if args.cobbler_server:
+        from hostkv.hostkvd.keysources.cobbler import normalize_server
+        try:
+            attrs["server"] = normalize_server(args.cobbler_server)
+        except ValueError as exc:
+            raise Failure(EXIT_USAGE, "--cobbler-server: %s" % exc)
+    if args.cobbler_system:
+        attrs["system"] = args.cobbler_system
+    else:
+        attrs["profile"] = args.cobbler_profile
+    link = domain_xml.SourceLink("cobbler", attrs)
+    try:
+        domain_xml.check_metadata(domain_xml.HostkvMetadata(sources=[link]))
+    except domain_xml.DomainXMLError as exc:
+        raise Failure(EXIT_USAGE, str(exc))
+    return link
+
+
+def write_vm_get(out, name, meta, as_json):
+    """``vm get``: every served key with its value (JSON-quoted: one line each, always) and where it
+    comes from, then the policy and the links; ``--json`` the same as one object."""
+    values, origins = meta.effective()
+    shadowed = meta.shadowed()
+    links = dict((link.type, dict(link.attrs, keys=link.values)) for link in meta.sources)
+    if as_json:
+        out.write(json.dumps({"domain": name, "values": values, "origins": origins, "policy": meta.policy,
+                              "links": links, "shadowed": dict((k, [list(s) for s in v])
+                                                               for k, v in shadowed.items())},
+                             indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return
+    for key in sorted(values):
+        origin = origins[key]
+        link = meta.source(origin)
+        where = link.describe() if link is not None else origin
+        if key in shadowed:
+            where += " (overrides %s)" % ", ".join("%s %s" % (s, json.dumps(v, ensure_ascii=False))
+                                                   for s, v in shadowed[key])
+        out.write("%s = %s  %s\n" % (key, json.dumps(values[key], ensure_ascii=False), where))
+    out.write("policy: %s\n" % (meta.policy or "(host default)"))
+    for link in meta.sources:
+        try:
+            fetched = ", keys read at Cobbler mtime %s" % _when(float(link.attrs["fetched"]))
+        except (KeyError, ValueError):
+            fetched = "" if link.values else " (no keys read yet)"
+        out.write("linked: %s%s\n" % (link.describe(), fetched))
 
 
 def _describe(view_results, verb):

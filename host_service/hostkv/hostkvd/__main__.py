@@ -59,17 +59,23 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def make_source(args):
-    """The channel source: explicit sockets, or libvirt discovery."""
+def make_source(args, daemon=None):
+    """The channel source: explicit sockets, or libvirt discovery (which also gives ``daemon`` the
+    metadata writer key sources store guests' keys with)."""
     if args.channel or args.channel_dir:
         return ExplicitSource(args.channel, args.channel_dir)
     from hostkv.hostkvd.sources.libvirt_source import LibvirtSource  # needs libvirt-python
-    return LibvirtSource(args.connect or paths.LIBVIRT_URI, port_name=args.port_name)
+    uri = args.connect or paths.LIBVIRT_URI
+    if daemon is not None:
+        from hostkv.hostkvd.metadata_writer import MetadataWriter
+        daemon.metadata_writer = MetadataWriter(uri)
+    return LibvirtSource(uri, port_name=args.port_name)
 
 
 async def serve(args):
     daemon = Hostkvd(args.config, host_id=args.host_id)
-    source = make_source(args)
+    source = make_source(args, daemon)
+    daemon.start_keysources()      # before the first guest: cached host keys are in its first snapshot
     ctl = control.ControlServer(daemon, args.control_socket)
     await ctl.start()
     loop = asyncio.get_event_loop()

@@ -4,10 +4,14 @@
     [daemon]
     publish_hostname = yes     # optional; 'no' keeps host.hostname/host.fqdn out of guests
     host_id = rack12-node3     # optional; default: libvirt's host UUID or one derived from the host
+    default_policy = all       # optional; a guest without its own policy sees all|none|opaque host keys
+    opaque_host_id = ...       # optional; default: derived from /etc/machine-id (hostkvd/policy.py)
     [host]
     host.rack = r12
     row = 3                    # a bare name (no dot) is short for host.row, as in `hostkvctl host set`
     host.note = "  a JSON string keeps leading spaces, \\n newlines and \\"quotes\\""
+    [cobbler]                  # optional: a key source's section (hostkvd/keysources/cobbler.py)
+    server = cobbler.example.com
 
 Lines end at LF (CR LF works too); values are the rest of the line after '=', stripped; a value
 that starts with '"' is parsed as one JSON string.  There are no inline comments in values ('#'
@@ -20,6 +24,9 @@ string (with ``\\uXXXX`` for C1 controls and line/paragraph separators) otherwis
 Edits (:func:`update_host_keys`) rewrite the file atomically and durably
 (:func:`hostkv.common.atomic.write_atomic`), keep every comment and unrelated line (and the
 spelling of the keys they change), and validate before anything is written.
+
+A key source's section (``[cobbler]``; :mod:`hostkv.hostkvd.keysources`) is parsed by that source
+(``parse_options``), with the same ``path:line`` errors; ``Config.keysources`` holds the result.
 """
 
 import json
@@ -27,9 +34,10 @@ import re
 
 from hostkv.common import atomic, entries, options, paths
 from hostkv import protocol
+from hostkv.hostkvd import keysources, policy
 
 DEFAULT_PATH = paths.HOSTKVD_CONFIG
-DAEMON_OPTIONS = ("publish_hostname", "host_id")
+DAEMON_OPTIONS = ("publish_hostname", "host_id", "default_policy", "opaque_host_id")
 # Characters a plain (unquoted) value may not hold: controls, C1 controls, line/paragraph
 # separators (an editor may break a line there); a quoted value writes them as \uXXXX.
 _UNSAFE_RAW = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -47,6 +55,9 @@ class Config(object):
         self.publish_hostname = publish_hostname
         self.host_id = host_id
         self.path = path
+        self.default_policy = "all"     # hostkvd/policy.py: all | none | opaque
+        self.opaque_host_id = None
+        self.keysources = {}            # key source name -> its parse_options() result
 
     def __eq__(self, other):
         return isinstance(other, Config) and self.__dict__ == other.__dict__
@@ -108,6 +119,8 @@ def parse(text, path="<config>"):
     """Parse config text; raise ConfigError naming ``path:line`` for the first problem."""
     cfg = Config(path=path)
     section = None
+    keysource_sections = keysources.sections()
+    keysource_lines = {}          # section -> [(name, value, where)]
     for lineno, line in enumerate(_lines(text), 1):
         where = "%s:%d" % (path, lineno)
         stripped = line.strip()
@@ -117,8 +130,13 @@ def parse(text, path="<config>"):
             if not stripped.endswith("]"):
                 raise ConfigError("%s: section header must end with ']': %s" % (where, stripped[:60]))
             section = stripped[1:-1].strip()
-            if section not in ("daemon", "host"):
-                raise ConfigError("%s: unknown section [%s] (known: [daemon], [host])" % (where, section[:40]))
+            if section not in ("daemon", "host") and section not in keysource_sections:
+                raise ConfigError("%s: unknown section [%s] (known: %s)" % (where, section[:40], ", ".join(
+                    "[%s]" % name for name in ["daemon", "host"] + sorted(keysource_sections))))
+            if section in keysource_sections:
+                if section in keysource_lines:
+                    raise ConfigError("%s: section [%s] is given twice" % (where, section))
+                keysource_lines[section] = []
             continue
         if "=" not in stripped:
             raise ConfigError("%s: expected 'key = value', got %r" % (where, stripped[:60]))
@@ -127,14 +145,22 @@ def parse(text, path="<config>"):
         value = _parse_value(raw, where)
         if section is None:
             raise ConfigError("%s: %r is outside any section ([daemon] or [host])" % (where, name[:60]))
+        if section in keysource_sections:
+            keysource_lines[section].append((name, value, where))
+            continue
         if section == "daemon":
             if name == "publish_hostname":
                 cfg.publish_hostname = _publish_hostname(value, where)
-            elif name == "host_id":
+            elif name in ("host_id", "opaque_host_id"):
                 try:
-                    cfg.host_id = protocol.validate_host_id(value)
+                    setattr(cfg, name, protocol.validate_host_id(value))
                 except protocol.ProtocolError as err:
-                    raise ConfigError("%s: %s" % (where, err))
+                    raise ConfigError("%s: %s: %s" % (where, name, err))
+            elif name == "default_policy":
+                if value not in policy.POLICIES:
+                    raise ConfigError("%s: default_policy must be one of %s, not %r"
+                                      % (where, ", ".join(policy.POLICIES), value[:20]))
+                cfg.default_policy = value
             else:
                 raise ConfigError("%s: unknown option %r in [daemon] (known: %s)"
                                   % (where, name[:40], ", ".join(DAEMON_OPTIONS)))
@@ -149,6 +175,14 @@ def parse(text, path="<config>"):
         cfg.host_values[key] = value
     if len(cfg.host_values) > entries.MAX_KEYS - 2:
         raise ConfigError("%s: %d host keys, the limit is %d" % (path, len(cfg.host_values), entries.MAX_KEYS - 2))
+    for section, items in sorted(keysource_lines.items()):
+        name = keysource_sections[section]
+        try:
+            parsed = keysources.module(name).parse_options(items)
+        except ValueError as err:
+            raise ConfigError(str(err))
+        if parsed is not None:
+            cfg.keysources[name] = parsed
     return cfg
 
 

@@ -14,6 +14,11 @@ prefix :data:`NS_PREFIX`)::
       </hostkv:keys>
     </metadata>
 
+The same element also records the guest's privacy policy (which host.* keys it sees) and its
+links to key sources (the Cobbler system it came from, with the keys last read from it), modelled
+by :class:`HostkvMetadata` (schema and precedence rule there); read it with
+:func:`parse_metadata` / :func:`domain_metadata`, write it with :meth:`HostkvMetadata.to_xml`.
+
 Values go in and come out byte for byte, every character the value rule
 (:mod:`hostkv.common.entries`) allows included: XML parsers turn a literal CR (and CR LF) into LF,
 so :func:`metadata_element` writes every CR as the character reference ``&#13;`` (libvirt keeps
@@ -118,77 +123,295 @@ def domain_identity(xml):
 
 # ---------------------------------------------------------------- metadata
 
-def parse_metadata_element(text):
-    """Parse our metadata element (as from ``dom.metadata(ELEMENT, NS)`` or :func:`metadata_element`).
+POLICIES = ("all", "none", "opaque")     # which host.* keys a guest sees (HostkvMetadata.policy)
+LOCAL = "local"                          # the source name of keys set in <key> (hostkvctl vm set)
+MAX_LINK_ATTR_BYTES = 1024
+BOOKKEEPING_ATTRS = ("fetched",)         # link attributes a key source updates (not what it points at)
+_ATTR_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz-")
 
-    Returns ``(values, problems)``: the valid vm.* keys, and one message per entry left out.
-    Never raises for bad content: a guest's metadata is edited by hand and must not stop serving.
+
+class SourceLink(object):
+    """One ``<hostkv:source type=...>`` element: a link to where some of the guest's keys come from.
+
+    ``type`` names the key source (hostkvd/keysources/<type>.py, e.g. ``cobbler``); ``attrs`` are
+    its link attributes (str -> str, lower-case names such as ``server``, ``system``); ``values``
+    the vm.* keys last read from it (written by hostkvd, or by koan when it created the guest).
     """
-    if text is None or not text.strip():
-        return {}, []
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as err:
-        return {}, ["hostkv metadata does not parse: %s" % err]
-    return _values_from_element(root)
+
+    __slots__ = ("type", "attrs", "values")
+
+    def __init__(self, type, attrs=None, values=None):
+        self.type = type
+        self.attrs = dict(attrs or {})
+        self.values = dict(values or {})
+
+    def __eq__(self, other):
+        return (isinstance(other, SourceLink) and self.type == other.type
+                and self.attrs == other.attrs and self.values == other.values)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return "SourceLink(%r, %r, %d keys)" % (self.type, self.attrs, len(self.values))
+
+    def identity(self):
+        """The attributes that say what the link points at (all but :data:`BOOKKEEPING_ATTRS`)."""
+        return dict((k, v) for k, v in self.attrs.items() if k not in BOOKKEEPING_ATTRS)
+
+    def describe(self):
+        """``cobbler system=web1 server=http://...``: how status lines name the link."""
+        return " ".join([self.type] + ["%s=%s" % kv for kv in sorted(self.identity().items())])
+
+
+class HostkvMetadata(object):
+    """The hostkv element of a domain's metadata, as one typed value.
+
+    Schema (namespace :data:`NS`; libvirt keeps one element per namespace, so everything hostkv
+    records about a guest lives in this one element and travels with it on live migration)::
+
+        <hostkv:keys xmlns:hostkv="https://hostkv.org/xmlns/hostkv/1">
+          <hostkv:key name="vm.owner">alice</hostkv:key>       local keys (hostkvctl vm set)
+          <hostkv:policy host-keys="opaque"/>                   optional: all | none | opaque
+          <hostkv:source type="cobbler" server="http://cobbler.example.com/cobbler_api"
+                         system="web1" fetched="1767012345.25">
+            <hostkv:key name="vm.role">db</hostkv:key>         keys last read from that source
+          </hostkv:source>
+        </hostkv:keys>
+
+    **Precedence** (:meth:`effective`): a local key wins over the same key from a source (a key
+    set on this host with ``hostkvctl vm set`` is a deliberate override; ``vm unset`` hands the
+    key back to the source); between sources, the first element wins.  ``policy`` None means
+    "the host's default" (hostkvd.conf ``default_policy``, itself ``all`` by default).
+
+    Older readers (hostkv < 0.2) see only the local keys and report the other elements as ignored.
+    """
+
+    __slots__ = ("keys", "policy", "sources")
+
+    def __init__(self, keys=None, policy=None, sources=None):
+        self.keys = dict(keys or {})
+        self.policy = policy
+        self.sources = list(sources or [])
+
+    def __eq__(self, other):
+        return (isinstance(other, HostkvMetadata) and self.keys == other.keys
+                and self.policy == other.policy and self.sources == other.sources)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return "HostkvMetadata(%d local keys, policy=%r, sources=%r)" % (
+            len(self.keys), self.policy, self.sources)
+
+    def copy(self):
+        return HostkvMetadata(self.keys, self.policy,
+                              [SourceLink(s.type, s.attrs, s.values) for s in self.sources])
+
+    def source(self, type):
+        """The :class:`SourceLink` of ``type``, or None."""
+        for link in self.sources:
+            if link.type == type:
+                return link
+        return None
+
+    def set_source(self, link):
+        """Replace (or add) the link of ``link.type``; ``link`` None is ignored."""
+        for i, old in enumerate(self.sources):
+            if old.type == link.type:
+                self.sources[i] = link
+                return
+        self.sources.append(link)
+
+    def remove_source(self, type):
+        self.sources = [s for s in self.sources if s.type != type]
+
+    def effective(self):
+        """``(values, origins)``: the vm.* keys the guest is served and where each came from
+        (``local`` or a source type), by the precedence rule above; at most entries.MAX_KEYS."""
+        values, origins = {}, {}
+        for origin, keys in [(LOCAL, self.keys)] + [(s.type, s.values) for s in self.sources]:
+            for key in sorted(keys):
+                if key not in values and len(values) < entries.MAX_KEYS:
+                    values[key] = keys[key]
+                    origins[key] = origin
+        return values, origins
+
+    def shadowed(self):
+        """``{key: [(source type, value)]}``: source keys a higher-precedence key overrides."""
+        _values, origins = self.effective()
+        out = {}
+        for link in self.sources:
+            for key, value in sorted(link.values.items()):
+                if origins.get(key) != link.type:
+                    out.setdefault(key, []).append((link.type, value))
+        return out
+
+    def is_empty(self):
+        return not self.keys and self.policy is None and not self.sources
+
+    def to_xml(self, namespaced=False):
+        """The element for ``dom.setMetadata(ELEMENT, xml, NS_PREFIX, NS, ...)`` (or, ``namespaced``,
+        for a whole domain XML's ``<metadata>``).  Validates everything first (EntryError /
+        DomainXMLError); every CR is written as ``&#13;``."""
+        check_metadata(self)
+        tag = (lambda local: "{%s}%s" % (NS, local)) if namespaced else (lambda local: local)
+        root = ET.Element(tag(METADATA_ROOT))
+        for name in sorted(self.keys):
+            ET.SubElement(root, tag("key"), name=name).text = self.keys[name]
+        if self.policy is not None:
+            ET.SubElement(root, tag("policy"), {"host-keys": self.policy})
+        for link in self.sources:
+            attrs = {"type": link.type}
+            attrs.update(link.attrs)
+            elem = ET.SubElement(root, tag("source"), attrs)
+            for name in sorted(link.values):
+                ET.SubElement(elem, tag("key"), name=name).text = link.values[name]
+        # ElementTree writes CR raw in text (and key names, [A-Za-z0-9._-], hold none): escape it.
+        return ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
+
+
+def check_policy(policy):
+    """``policy`` if it is one of :data:`POLICIES` (or None), else DomainXMLError."""
+    if policy is not None and policy not in POLICIES:
+        raise DomainXMLError("policy %r is not one of %s" % (str(policy)[:40], ", ".join(POLICIES)))
+    return policy
+
+
+def _check_link_attr(type, name, value):
+    if not name or not set(name) <= _ATTR_NAME_CHARS or name == "type":
+        raise DomainXMLError("source %s: attribute name %r must be lower-case letters and '-' "
+                             "(and not 'type')" % (type, str(name)[:40]))
+    if not isinstance(value, str) or entries.bad_char(value) or "\r" in value or "\n" in value \
+            or "\t" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_LINK_ATTR_BYTES:
+        raise DomainXMLError("source %s: attribute %s must be one line of text of at most %d bytes"
+                             % (type, name, MAX_LINK_ATTR_BYTES))
+
+
+def check_metadata(meta):
+    """Raise EntryError/DomainXMLError if ``meta`` (a HostkvMetadata) cannot be written as is."""
+    entries.validate_entries(meta.keys, scope="vm")
+    check_policy(meta.policy)
+    seen = set()
+    for link in meta.sources:
+        if not isinstance(link.type, str) or not link.type or not set(link.type) <= _ATTR_NAME_CHARS:
+            raise DomainXMLError("source type %r must be lower-case letters and '-'" % (link.type,))
+        if link.type in seen:
+            raise DomainXMLError("source %s is given twice" % link.type)
+        seen.add(link.type)
+        for name, value in link.attrs.items():
+            _check_link_attr(link.type, name, value)
+        entries.validate_entries(link.values, scope="vm")
+    return meta
 
 
 def _local(tag):
     return tag.rsplit("}", 1)[-1]
 
 
-def _values_from_element(root):
-    values, problems = {}, []
-    if _local(root.tag) != METADATA_ROOT:
-        return {}, ["hostkv metadata root is <%s>, expected <%s>" % (_local(root.tag)[:40], METADATA_ROOT)]
-    for child in root:
+def _read_keys(elem, where, problems):
+    values = {}
+    for child in elem:
         if _local(child.tag) != "key":
-            problems.append("ignored element <%s> in hostkv metadata" % _local(child.tag)[:40])
+            problems.append("ignored element <%s> in %s" % (_local(child.tag)[:40], where))
             continue
         name = child.get("name")
         value = child.text or ""
         try:
             entries.validate_entry(name, value, scope="vm")
         except entries.EntryError as err:
-            problems.append("ignored hostkv metadata key %r: %s" % (str(name)[:80], err))
+            problems.append("ignored %s key %r: %s" % (where, str(name)[:80], err))
             continue
         if name in values:
-            problems.append("hostkv metadata key %s is set twice; the first one wins" % name)
+            problems.append("%s key %s is set twice; the first one wins" % (where, name))
             continue
         if len(values) >= entries.MAX_KEYS:
-            problems.append("hostkv metadata has more than %d keys; the rest are ignored" % entries.MAX_KEYS)
+            problems.append("%s has more than %d keys; the rest are ignored" % (where, entries.MAX_KEYS))
             break
         values[name] = value
-    return values, problems
+    return values
+
+
+def _metadata_from_element(root):
+    """``(HostkvMetadata, problems)`` of our element; bad parts are reported and left out."""
+    problems = []
+    if _local(root.tag) != METADATA_ROOT:
+        return HostkvMetadata(), ["hostkv metadata root is <%s>, expected <%s>"
+                                  % (_local(root.tag)[:40], METADATA_ROOT)]
+    keys_parent = ET.Element("keys")
+    meta = HostkvMetadata()
+    for child in root:
+        kind = _local(child.tag)
+        if kind == "key":
+            keys_parent.append(child)
+        elif kind == "policy":
+            policy = child.get("host-keys")
+            if meta.policy is not None:
+                problems.append("hostkv metadata policy is set twice; the first one wins")
+            elif policy not in POLICIES:
+                problems.append("ignored hostkv metadata policy host-keys=%r (known: %s)"
+                                % (str(policy)[:40], ", ".join(POLICIES)))
+            else:
+                meta.policy = policy
+        elif kind == "source":
+            stype = child.get("type")
+            where = "hostkv metadata source %s" % str(stype)[:40]
+            attrs = dict((k, v) for k, v in child.attrib.items() if k != "type")
+            link = SourceLink(stype, attrs, _read_keys(child, where, problems))
+            try:
+                check_metadata(HostkvMetadata(sources=meta.sources + [SourceLink(stype, attrs)]))
+            except (DomainXMLError, entries.EntryError) as err:
+                problems.append("ignored %s: %s" % (where, err))
+                continue
+            meta.sources.append(link)
+        else:
+            problems.append("ignored element <%s> in hostkv metadata" % kind[:40])
+    meta.keys = _read_keys(keys_parent, "hostkv metadata", problems)
+    return meta, problems
+
+
+def parse_metadata(text):
+    """Parse our metadata element (as ``dom.metadata(ELEMENT, NS)`` returns it) into
+    ``(HostkvMetadata, problems)``.  Never raises for bad content: a guest's metadata is edited
+    by hand and must not stop serving; what is broken is reported and left out."""
+    if text is None or not text.strip():
+        return HostkvMetadata(), []
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as err:
+        return HostkvMetadata(), ["hostkv metadata does not parse: %s" % err]
+    return _metadata_from_element(root)
+
+
+def domain_metadata(xml):
+    """``(HostkvMetadata, problems)`` of a whole domain XML (empty if it has no hostkv element)."""
+    root = _parse(xml)
+    meta = root.find("metadata")
+    if meta is not None:
+        for child in meta:
+            if child.tag.startswith("{%s}" % NS):
+                return _metadata_from_element(child)
+    return HostkvMetadata(), []
+
+
+def parse_metadata_element(text):
+    """The served vm.* keys of our metadata element: ``(values, problems)`` (local keys over
+    source keys, :meth:`HostkvMetadata.effective`)."""
+    meta, problems = parse_metadata(text)
+    return meta.effective()[0], problems
 
 
 def metadata_from_domain(xml):
-    """The vm.* values in a whole domain XML: ``(values, problems)`` as :func:`parse_metadata_element`."""
-    root = _parse(xml)
-    meta = root.find("metadata")
-    if meta is None:
-        return {}, []
-    for child in meta:
-        if child.tag.startswith("{%s}" % NS):
-            return _values_from_element(child)
-    return {}, []
+    """The served vm.* values in a whole domain XML: ``(values, problems)``."""
+    meta, problems = domain_metadata(xml)
+    return meta.effective()[0], problems
 
 
 def metadata_element(values, namespaced=False):
-    """The XML fragment for ``dom.setMetadata(ELEMENT, fragment, NS_PREFIX, NS, ...)``.
-
-    ``values`` is validated (vm.* keys only) first; raises EntryError on bad input.  Every CR is
-    written as ``&#13;`` so it survives XML end-of-line handling.  ``namespaced=True``: the
-    element in our namespace (``<hostkv:keys xmlns:hostkv=...>``), for a whole domain XML's
-    ``<metadata>`` (setMetadata adds the namespace itself).
-    """
-    values = entries.validate_entries(values, scope="vm")
-    tag = (lambda local: "{%s}%s" % (NS, local)) if namespaced else (lambda local: local)
-    root = ET.Element(tag(METADATA_ROOT))
-    for name in sorted(values):
-        ET.SubElement(root, tag("key"), name=name).text = values[name]
-    # ElementTree writes CR raw in text (and key names, [A-Za-z0-9._-], hold none): escape it.
-    return ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
+    """The element holding only the local keys ``values`` (validated: vm.* keys only; raises
+    EntryError), as :meth:`HostkvMetadata.to_xml`."""
+    return HostkvMetadata(entries.validate_entries(values, scope="vm")).to_xml(namespaced)
 
 
 # ---------------------------------------------------------------- enable / disable

@@ -14,6 +14,8 @@ Options:
 ``hostkv_gpgkey``     optional URL of the RPM signing key: http(s)/ftp/file, no white space,
                       quotes, backslashes, backquotes or ``$`` (it is written into a shell script).
 ``hostkv_vm_<name>``  the per-guest key ``vm.<name>`` with this value (hostkv.common.entries rule).
+``hostkv_host_<name>`` on the KVM host's own Cobbler system record: the key ``host.<name>`` for
+                      every guest on that host (read live by hostkvd's Cobbler key source).
 
 **Boolean words** (any case, surrounding white space ignored): true ``1 true yes on y``, false
 ``0 false no off n`` and the empty value (also a bare key, which is how Cobbler hands an empty
@@ -39,6 +41,8 @@ ENABLED = "hostkv_enabled"
 GPGCHECK = "hostkv_gpgcheck"
 GPGKEY = "hostkv_gpgkey"
 VM_PREFIX = "hostkv_vm_"
+HOST_PREFIX = "hostkv_host_"
+KEY_PREFIXES = {VM_PREFIX: "vm", HOST_PREFIX: "host"}    # option prefix -> the scope it sets
 BOOLEAN_OPTIONS = (ENABLED, GPGCHECK)
 URL_OPTIONS = (GPGKEY,)
 
@@ -86,28 +90,65 @@ def vm_key(option):
     return "vm." + option[len(VM_PREFIX):]
 
 
-def vm_entry(option, value):
-    """``(vm.<name>, value)`` for one hostkv_vm_* option, validated; OptionError names both.
+def _prefix_of(option):
+    for prefix in KEY_PREFIXES:
+        if option.startswith(prefix):
+            return prefix
+    raise OptionError("%s is not a %s or %s option" % (option, VM_PREFIX, HOST_PREFIX))
 
-    None (a bare key, how Cobbler flattens an empty value) is the empty value."""
-    key = vm_key(option)
-    value = "" if value is None else value
+
+def option_key(option):
+    """``hostkv_vm_<name>`` -> ``vm.<name>``, ``hostkv_host_<name>`` -> ``host.<name>`` (not validated)."""
+    prefix = _prefix_of(option)
+    return "%s.%s" % (KEY_PREFIXES[prefix], option[len(prefix):])
+
+
+def key_entry(option, value):
+    """``(key, value)`` for one hostkv_vm_* / hostkv_host_* option, validated; OptionError names
+    both.  None (a bare key, how Cobbler flattens an empty value) is the empty value; a number
+    (Cobbler's YAML may load ``1`` as one) is its text; anything else that is not text (a list: the
+    option given twice) is refused."""
+    key = option_key(option)
+    if value is None:
+        value = ""
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise OptionError("%s (hostkv key %s): the value is a %s, not text (given twice?)"
+                          % (option, key, type(value).__name__))
     try:
-        entries.validate_entry(key, value, scope="vm")
+        entries.validate_entry(key, value, scope=KEY_PREFIXES[_prefix_of(option)])
     except entries.EntryError as err:
         raise OptionError("%s (hostkv key %s): %s" % (option, key, err))
     return key, value
 
 
-def vm_values(meta):
-    """The validated ``{vm.<name>: value}`` of every hostkv_vm_* option of ``meta`` (a dict).
+def vm_entry(option, value):
+    """``(vm.<name>, value)`` for one hostkv_vm_* option, as :func:`key_entry`."""
+    if not option.startswith(VM_PREFIX):
+        raise OptionError("%s is not a %s option" % (option, VM_PREFIX))
+    return key_entry(option, value)
 
-    Raises OptionError for the first bad one, or when there are more than entries.MAX_KEYS."""
-    out = dict(vm_entry(option, meta[option]) for option in sorted(meta)
-               if isinstance(option, str) and option.startswith(VM_PREFIX))
+
+def key_values(meta, prefix):
+    """The validated ``{key: value}`` of every ``prefix``* option (VM_PREFIX or HOST_PREFIX) of
+    ``meta`` (a dict).  Raises OptionError for the first bad one (in option order), or when there
+    are more than entries.MAX_KEYS."""
+    out = dict(key_entry(option, meta[option]) for option in sorted(meta)
+               if isinstance(option, str) and option.startswith(prefix))
     if len(out) > entries.MAX_KEYS:
-        raise OptionError("%d %s* options, the limit is %d" % (len(out), VM_PREFIX, entries.MAX_KEYS))
+        raise OptionError("%d %s* options, the limit is %d" % (len(out), prefix, entries.MAX_KEYS))
     return out
+
+
+def vm_values(meta):
+    """The validated ``{vm.<name>: value}`` of every hostkv_vm_* option of ``meta`` (a dict)."""
+    return key_values(meta, VM_PREFIX)
+
+
+def host_values(meta):
+    """The validated ``{host.<name>: value}`` of every hostkv_host_* option of ``meta`` (a dict)."""
+    return key_values(meta, HOST_PREFIX)
 
 
 # ---------------------------------------------------------------- Cobbler -> koan transport
@@ -182,6 +223,12 @@ def option_problem(option, value):
             return ("%s=%s: not a URL (http://, https://, ftp:// or file://; no spaces, quotes, "
                     "backslashes, backquotes or $)" % (option, value))
         return None
+    if option.startswith(HOST_PREFIX):
+        try:     # read live by hostkvd over XML-RPC (never flattened for koan): the entry rule only
+            key_entry(option, value)
+        except OptionError as err:
+            return str(err)
+        return None
     if option.startswith(VM_PREFIX):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
@@ -198,8 +245,8 @@ def option_problem(option, value):
                     % (option, vm_key(option), seen if seen is not None else "(unreadable)"))
         return None
     # NAME, not <name>: cobbler-web shows this message as HTML, where <name> vanishes
-    return ("%s is not a hostkv option (known: %s, %sNAME)"
-            % (option, ", ".join(BOOLEAN_OPTIONS + URL_OPTIONS), VM_PREFIX))
+    return ("%s is not a hostkv option (known: %s, %sNAME, %sNAME)"
+            % (option, ", ".join(BOOLEAN_OPTIONS + URL_OPTIONS), VM_PREFIX, HOST_PREFIX))
 
 
 def check_meta(meta):
@@ -207,14 +254,16 @@ def check_meta(meta):
     if not isinstance(meta, dict):
         return []
     problems = []
-    vm_count = 0
+    counts = dict((prefix, 0) for prefix in KEY_PREFIXES)
     for option in sorted(k for k in meta if isinstance(k, str) and k.startswith(PREFIX)):
         problem = option_problem(option, meta[option])
         if problem:
             problems.append(problem)
-        vm_count += option.startswith(VM_PREFIX)
-    if vm_count > entries.MAX_KEYS:
-        problems.append("%d %s* options, the limit is %d" % (vm_count, VM_PREFIX, entries.MAX_KEYS))
+        for prefix in KEY_PREFIXES:
+            counts[prefix] += option.startswith(prefix)
+    for prefix in sorted(KEY_PREFIXES):
+        if counts[prefix] > entries.MAX_KEYS:
+            problems.append("%d %s* options, the limit is %d" % (counts[prefix], prefix, entries.MAX_KEYS))
     return problems
 
 

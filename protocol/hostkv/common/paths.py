@@ -7,6 +7,7 @@ config); these are only the defaults, stated once.
   LIBVIRT_URI             the libvirt connection hostkvd, hostkvctl and hostkv-koan use by default
   HOSTKVD_CONFIG          hostkvd's config file (hostkvctl edits it through hostkvd)
   HOSTKVD_CONTROL_SOCKET  hostkvd's root-only control socket (hostkvctl connects to it)
+  HOSTKVD_STATE_DIR       hostkvd's state (the unit's StateDirectory=hostkv), e.g. its Cobbler cache
   AGENT_RUN_DIR           where the guest agent publishes values.json, keys/, env
   AGENT_SOCKET_NAME       the agent's control socket, inside AGENT_RUN_DIR
   AGENT_STATE_DIR         the agent's persistent cache directory
@@ -21,6 +22,7 @@ LIBVIRT_URI = "qemu:///system"
 
 HOSTKVD_CONFIG = "/etc/hostkv/hostkvd.conf"
 HOSTKVD_CONTROL_SOCKET = "/run/hostkv/hostkvd.sock"
+HOSTKVD_STATE_DIR = "/var/lib/hostkv"
 
 AGENT_RUN_DIR = "/run/hostkv"
 AGENT_SOCKET_NAME = "agent.sock"

@@ -13,8 +13,9 @@
     ``daemon.add_channel(uuid, path, vm_values, label=name)`` and ``daemon.set_vm_values``;
     otherwise (no channel, not running, gone) ``daemon.remove_channel(uuid)``.  A domain without
     the channel is never touched;
-  * vm.* values come from the domain metadata (namespace domain_xml.NS); bad entries are logged
-    and left out, the rest is served;
+  * vm.* values come from the domain metadata (namespace domain_xml.NS; local keys over key-source
+    keys), handed over with the whole :class:`domain_xml.HostkvMetadata` (privacy policy, links)
+    as ``meta``; bad entries are logged and left out, the rest is served;
   * when the connection closes (libvirtd restarted, died, or stopped answering keepalives) it
     reconnects with backoff, then re-enumerates and re-registers.  Channels stay connected
     meanwhile: they only depend on QEMU.  Before each (re)connect a child process checks that
@@ -285,12 +286,13 @@ class LibvirtSource(object):
                 self._report(uuid, "domain %s: %s" % (name, problem))
             await self._remove(uuid, problem or "no %s channel" % self.port_name)
             return
-        values, problems = domain_xml.metadata_from_domain(xml)
+        meta, problems = domain_xml.domain_metadata(xml)
+        values = meta.effective()[0]
         self._report(uuid, "; ".join("domain %s: %s" % (name, p) for p in problems) if problems else None)
         if uuid not in self.served:
             log.info("serving domain %s (%s) at %s with %d vm key(s)", name, uuid, path, len(values))
         self.served[uuid] = name
-        self._daemon.add_channel(uuid, path, vm_values=values, label=name)
+        self._daemon.add_channel(uuid, path, vm_values=values, label=name, meta=meta)
 
     async def _remove(self, uuid, why):
         if uuid in self.served:
