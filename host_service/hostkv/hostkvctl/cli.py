@@ -61,8 +61,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="hostkvctl", description="Administer hostkv on this host (root only).",
                                 epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 hostkvd unreachable, "
                                        "4 libvirt unreachable or no such domain, 5 not root.")
-    p.add_argument("--connect", default=os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI, metavar="URI",
-                   help="libvirt URI (default %(default)s)")
+    p.add_argument("--connect", default=None, metavar="URI",
+                   help="libvirt URI (default $LIBVIRT_DEFAULT_URI, else %s)" % DEFAULT_URI)
     p.add_argument("--control-socket", default=control_client.DEFAULT_PATH, metavar="PATH",
                    help="hostkvd's control socket (default %(default)s)")
     p.add_argument("--port-name", default=paths.PORT_NAME, help=argparse.SUPPRESS)
@@ -248,6 +248,7 @@ def main(argv=None, out=None, err=None):
     err = err or sys.stderr
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)   # usage errors exit 2
+    args.connect = paths.libvirt_uri(args.connect)
     try:
         if os.geteuid() != 0:
             raise Failure(EXIT_NOT_ROOT, "hostkvctl must run as root")

@@ -4,7 +4,8 @@
             [--connect URI] [--port-name org.hostkv.0] [--control-socket PATH] [--host-id ID]
 
 With --channel/--channel-dir it serves exactly those sockets (plain QEMU); otherwise it follows
-libvirt (default URI qemu:///system) and serves every domain that has the hostkv channel.
+libvirt (--connect, else $LIBVIRT_DEFAULT_URI, else qemu:///system: hostkvctl's rule) and serves
+every domain that has the hostkv channel.
 SIGHUP reloads the config and pushes changes; SIGTERM/SIGINT stop.  Exit status: 0 on a clean
 stop, 1 on a bad config or option (the message names the file and line).
 """
@@ -50,7 +51,8 @@ def parse_args(argv):
                    help="a guest channel socket to serve (repeatable; disables libvirt mode)")
     p.add_argument("--channel-dir", action="append", default=[], metavar="DIR",
                    help="serve every socket in DIR (rescanned; disables libvirt mode)")
-    p.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default %s)" % paths.LIBVIRT_URI)
+    p.add_argument("--connect", default=None, metavar="URI",
+                   help="libvirt URI (default $LIBVIRT_DEFAULT_URI, else %s)" % paths.LIBVIRT_URI)
     p.add_argument("--port-name", default=protocol.DEFAULT_PORT_NAME)
     p.add_argument("--control-socket", default=control.DEFAULT_PATH)
     p.add_argument("--host-id", default=None)
@@ -64,7 +66,7 @@ def make_source(args):
     if args.channel or args.channel_dir:
         return ExplicitSource(args.channel, args.channel_dir)
     from hostkv.hostkvd.sources.libvirt_source import LibvirtSource  # needs libvirt-python
-    return LibvirtSource(args.connect or paths.LIBVIRT_URI, port_name=args.port_name)
+    return LibvirtSource(paths.libvirt_uri(args.connect), port_name=args.port_name)
 
 
 async def serve(args):
