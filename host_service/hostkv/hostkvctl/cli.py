@@ -15,6 +15,7 @@ import os
 import sys
 
 from hostkv.common import entries, paths
+from hostkv.common.version import VERSION
 from hostkv.hostkvctl import control_client, enable as enable_mod, libvirt_conn, vm_keys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_NO_LIBVIRT, EXIT_NOT_ROOT = 0, 1, 2, 3, 4, 5
@@ -66,35 +67,45 @@ def build_parser():
     p.add_argument("--control-socket", default=control_client.DEFAULT_PATH, metavar="PATH",
                    help="hostkvd's control socket (default %(default)s)")
     p.add_argument("--port-name", default=paths.PORT_NAME, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version="hostkvctl %s" % VERSION)
+    # every command that reports something takes --json: one JSON object on stdout (errors too)
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("status", help="what hostkvd serves")
-    s.add_argument("--json", action="store_true")
+    sub.add_parser("status", help="what hostkvd serves", parents=[js])
 
     h = sub.add_parser("host", help="host.* keys (hostkvd's config)")
     hs = h.add_subparsers(dest="action", metavar="ACTION")
     hs.required = True
-    hs.add_parser("set", help="set KEY=VALUE...").add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-    hs.add_parser("unset", help="remove KEY...").add_argument("keys", nargs="+", metavar="KEY")
+    hs.add_parser("set", help="set KEY=VALUE...", parents=[js]).add_argument(
+        "assignments", nargs="+", metavar="KEY=VALUE")
+    hs.add_parser("unset", help="remove KEY...", parents=[js]).add_argument("keys", nargs="+", metavar="KEY")
 
     v = sub.add_parser("vm", help="vm.* keys of a domain (libvirt metadata)")
     vs = v.add_subparsers(dest="action", metavar="ACTION")
     vs.required = True
-    g = vs.add_parser("get", help="show DOMAIN's keys")
+    g = vs.add_parser("get", help="show DOMAIN's keys (KEY=VALUE lines), or one KEY's value", parents=[js])
     g.add_argument("domain")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("key", nargs="?", metavar="KEY", help="print only this key's value (and a newline)")
     g.add_argument("--config", action="store_true", help="the persistent definition, not the live domain")
-    vset = vs.add_parser("set", help="set DOMAIN KEY=VALUE...")
+    vset = vs.add_parser("set", help="set DOMAIN KEY=VALUE...", parents=[js])
     vset.add_argument("domain")
     vset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-    vun = vs.add_parser("unset", help="remove DOMAIN KEY...")
+    vun = vs.add_parser("unset", help="remove DOMAIN KEY...", parents=[js])
     vun.add_argument("domain")
     vun.add_argument("keys", nargs="+", metavar="KEY")
 
+    sub.add_parser("reload", help="make hostkvd re-read its config; fails (exit 1) if it refuses it",
+                   parents=[js])
+    c = sub.add_parser("check", help="check a config file (default hostkvd's) without applying it",
+                       parents=[js])
+    c.add_argument("file", nargs="?", metavar="FILE")
+
     for name, text in (("enable", "hot-plug and persist the hostkv channel"),
                        ("disable", "remove what enable added")):
-        e = sub.add_parser(name, help=text)
+        e = sub.add_parser(name, help=text, parents=[js])
         e.add_argument("domains", nargs="*", metavar="DOMAIN")
         e.add_argument("--all", action="store_true", help="every domain of this libvirt connection")
         if name == "enable":
@@ -135,13 +146,43 @@ def cmd_status(args, out):
     return EXIT_OK
 
 
+def _report(args, out, obj, text):
+    """Write ``obj`` as JSON (--json) or ``text`` (one or more lines) to ``out``."""
+    if getattr(args, "json", False):
+        out.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    elif text:
+        out.write(text if text.endswith("\n") else text + "\n")
+
+
 def cmd_host(args, out):
     if args.action == "set":
         reply = _control(args, {"op": "host-set", "values": parse_assignments(args.assignments, "host")})
     else:
         keys = [scoped_key(k, "host") for k in args.keys]
         reply = _control(args, {"op": "host-unset", "keys": keys})
-    out.write("%s\n" % reply.get("message", "ok"))
+    _report(args, out, reply, reply.get("message", "ok"))
+    return EXIT_OK
+
+
+def cmd_reload(args, out):
+    reply = _control(args, {"op": "reload"})
+    _report(args, out, reply, reply.get("message", "ok"))
+    return EXIT_OK
+
+
+def cmd_check(args, out):
+    """Parse FILE (default: hostkvd's config) as hostkvd would, without touching hostkvd."""
+    from hostkv.hostkvd import config, hostvalues
+    from hostkv.hostkvd.daemon import check_host_values
+    from hostkv import protocol
+    path = args.file or os.environ.get("HOSTKVD_CONFIG") or config.DEFAULT_PATH
+    try:
+        cfg = config.load(path)
+        check_host_values(hostvalues.host_values(cfg))
+    except (config.ConfigError, protocol.ProtocolError) as err:
+        raise Failure(EXIT_FAILED, "%s refused: %s" % (path, err))
+    _report(args, out, {"ok": True, "file": path, "host_keys": sorted(cfg.host_values)},
+            "%s: ok (%d host key(s))" % (path, len(cfg.host_values)))
     return EXIT_OK
 
 
@@ -176,20 +217,34 @@ def cmd_vm(args, out, err):
         if args.action == "get":
             values, problems = vm_keys.get(dom, config=args.config)
             _warn(problems, err)
+            if args.key is not None:
+                key = scoped_key(args.key, "vm")
+                if key not in values:
+                    raise Failure(EXIT_FAILED, "%s has no key %s" % (dom.name(), key))
+                # the value byte for byte, then a newline (like `hostkv get`)
+                _report(args, out, {"domain": dom.name(), "key": key, "value": values[key]}, None)
+                if not args.json:
+                    out.write(values[key] + "\n")
+                return EXIT_OK
             if args.json:
-                out.write(json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+                _report(args, out, values, None)
             else:
                 for key in sorted(values):
-                    out.write("%s=%s\n" % (key, values[key]))
+                    out.write("%s=%s\n" % (key, line_value(values[key])))
             return EXIT_OK
         if args.action == "set":
             done = vm_keys.set_keys(dom, values)
         else:
             done = vm_keys.unset_keys(dom, keys)
+        dropped = []
         for _view, problems in done:
             _warn(problems, err)
-        out.write("%s: %s (%s)\n" % (dom.name(), "set" if args.action == "set" else "unset",
-                                     ", ".join(view for view, _p in done) or "no views"))
+            dropped.extend(problems)
+        verb = "set" if args.action == "set" else "unset"
+        _report(args, out, {"ok": True, "domain": dom.name(), "action": verb,
+                            "keys": values if args.action == "set" else keys,
+                            "views": [view for view, _p in done], "dropped": dropped},
+                "%s: %s (%s)" % (dom.name(), verb, ", ".join(view for view, _p in done) or "no views"))
         return EXIT_OK
     except KeyError as exc:
         raise Failure(EXIT_FAILED, exc.args[0])
@@ -211,12 +266,21 @@ def _describe(view_results, verb):
     return "; ".join(parts) if parts else "no live or persistent definition"
 
 
+def line_value(value):
+    """How a value is spelled on a ``KEY=VALUE`` line: as is when that reads back unchanged, else
+    one JSON string (a newline, CR, control or leading quote/space can never split or blur a line).
+    The same spelling as hostkvd.conf's values (hostkvd.config.format_value)."""
+    from hostkv.hostkvd.config import format_value
+    return format_value(value) if value != "" else ""
+
+
 def cmd_enable(args, out, err):
     import libvirt
     if bool(args.domains) == bool(args.all):
         raise Failure(EXIT_USAGE, "%s: give DOMAIN... or --all (not both)" % args.command)
     conn = _open(args)
     code = EXIT_OK
+    results = []
     try:
         doms = libvirt_conn.all_domains(conn) if args.all else [_domain(args, conn, d) for d in args.domains]
         for dom in doms:
@@ -231,15 +295,22 @@ def cmd_enable(args, out, err):
                 else:
                     done = enable_mod.disable(dom, args.port_name)
                     state = "disabled" if any(k for _v, k, _p in done) else "was not enabled"
-                out.write("%s: %s (%s)\n" % (dom.name(), state, _describe(done, args.command)))
+                results.append({"domain": dom.name(), "ok": True, "state": state,
+                                "views": {item[0]: list(item[1]) for item in done}})
+                if not args.json:
+                    out.write("%s: %s (%s)\n" % (dom.name(), state, _describe(done, args.command)))
             except enable_mod.CannotChange as exc:
                 err.write("hostkvctl: %s\n" % exc)
+                results.append({"domain": dom.name(), "ok": False, "error": str(exc)})
                 code = EXIT_FAILED
             except libvirt.libvirtError as exc:
                 err.write("hostkvctl: %s: libvirt: %s\n" % (dom.name(), exc.get_error_message()))
+                results.append({"domain": dom.name(), "ok": False, "error": exc.get_error_message()})
                 code = EXIT_FAILED
     finally:
         conn.close()
+    if args.json:
+        _report(args, out, {"ok": code == EXIT_OK, "command": args.command, "domains": results}, None)
     return code
 
 
@@ -258,7 +329,13 @@ def main(argv=None, out=None, err=None):
             return cmd_host(args, out)
         if args.command == "vm":
             return cmd_vm(args, out, err)
+        if args.command == "reload":
+            return cmd_reload(args, out)
+        if args.command == "check":
+            return cmd_check(args, out)
         return cmd_enable(args, out, err)
     except Failure as exc:
         err.write("hostkvctl: %s\n" % exc)
+        if getattr(args, "json", False):
+            _report(args, out, {"ok": False, "error": str(exc), "exit": exc.code}, None)
         return exc.code

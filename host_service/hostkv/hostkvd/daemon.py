@@ -35,6 +35,15 @@ def derived_host_id(hostname=None, machine_id_path="/etc/machine-id"):
     return str(uuid.uuid5(HOST_ID_NAMESPACE, "%s/%s" % (machine_id, hostname or socket.gethostname())))
 
 
+def check_host_values(values):
+    """Refuse host values that would make a snapshot over the protocol limits (before any vm.*
+    keys: those are checked per guest); returns ``values``.  ``hostkvctl check`` uses it too."""
+    probe = protocol.Snapshot("x" * protocol.MAX_HOST_ID_BYTES, 2 ** 53, dict(values))
+    protocol.validate_values(probe.values)
+    protocol.encode(probe.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
+    return values
+
+
 class Hostkvd(object):
     def __init__(self, config_path=config.DEFAULT_PATH, host_id=None, hostname=None):
         self.config_path = config_path
@@ -135,11 +144,7 @@ class Hostkvd(object):
         return self.reload_config()
 
     def _check_host_values(self, values):
-        """Refuse host values that would make a snapshot over the protocol limits."""
-        probe = protocol.Snapshot("x" * protocol.MAX_HOST_ID_BYTES, 2 ** 53, dict(values))
-        protocol.validate_values(probe.values)
-        protocol.encode(probe.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
-        return values
+        return check_host_values(values)
 
     # ------------------------------------------------------------------ snapshots
 
