@@ -488,13 +488,15 @@ class HostSession(object):
         self._out = []
 
     def connect(self):
-        """A (re)connect: reset per-connection state and queue the snapshot, pushed unasked."""
+        """A (re)connect: reset per-connection state and queue the snapshot, pushed unasked.
+
+        Returns what :meth:`push` returns (None, or why the snapshot could not be delivered)."""
         self._lines.reset()
         self._out = [b"\n"]           # the newline ends any half frame left in the guest's pipe
         self.version = None
         self.agent = None
         self.errors = 0
-        self.push()
+        return self.push()
 
     def push(self):
         """Queue the current snapshot (the guest's values changed).

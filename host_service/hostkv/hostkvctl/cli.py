@@ -127,22 +127,53 @@ def _control(args, obj):
     return reply
 
 
+def _when(epoch):
+    """An epoch as local time for humans ('-' for never)."""
+    if not epoch:
+        return "-"
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _table(out, header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header) - 1)]
+    for row in [header] + rows:
+        cells = ["%-*s" % (w, c) for w, c in zip(widths, row)] + [str(row[-1])]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
 def cmd_status(args, out):
     status = _control(args, {"op": "status"})["status"]
     if args.json:
         out.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
-    out.write("%s  pid %s  host_id %s\nconfig %s\n" % (status.get("server"), status.get("pid"),
-                                                      status.get("host_id"), status.get("config")))
-    out.write("host values:\n")
-    for key, value in sorted(status.get("host_values", {}).items()):
+    out.write("%s  pid %s  host_id %s  started %s\nconfig %s\n" % (
+        status.get("server"), status.get("pid"), status.get("host_id"), _when(status.get("started")),
+        status.get("config")))
+    src = status.get("source") or {}
+    if src.get("source") == "libvirt":
+        state = src.get("state")
+        line = "libvirt %s: %s since %s" % (src.get("uri"), state, _when(src.get("since")))
+        if state == "down" and src.get("why"):
+            line += " (%s)" % src["why"]
+        out.write(line + "\n")
+    if status.get("status_line"):
+        out.write("status: %s\n" % status["status_line"])
+    host_values = status.get("host_values", {})
+    out.write("host values (%d):\n" % len(host_values))
+    for key, value in sorted(host_values.items()):
         out.write("  %s = %s\n" % (key, json.dumps(value, ensure_ascii=False)))
     channels = status.get("channels", [])
     out.write("channels: %d\n" % len(channels))
-    for ch in sorted(channels, key=lambda c: str(c.get("label"))):
-        out.write("  %-20s %-10s gen %-14s pushes %-4s connects %-3s %s\n" % (
-            ch.get("label"), ch.get("state"), ch.get("generation"), ch.get("pushes"), ch.get("connects"),
-            ch.get("path")))
+    if channels:
+        rows = [(ch.get("label"), ch.get("describe") or ch.get("state"), ch.get("generation"), ch.get("pushes"),
+                 ch.get("connects"), _when(ch.get("last_push")), ch.get("path"))
+                for ch in sorted(channels, key=lambda c: str(c.get("label")))]
+        _table(out, ("DOMAIN", "STATE", "GENERATION", "PUSHES", "CONNECTS", "LAST PUSH", "PATH"), rows)
+    unusable = src.get("unusable") or []
+    if unusable:
+        out.write("unusable channels: %d\n" % len(unusable))
+        _table(out, ("DOMAIN", "WHY"), [(u.get("domain"), u.get("why")) for u in unusable])
     return EXIT_OK
 
 
@@ -233,6 +264,7 @@ def cmd_vm(args, out, err):
                     out.write("%s=%s\n" % (key, line_value(values[key])))
             return EXIT_OK
         if args.action == "set":
+            _check_deliverable(args, dom, values, err)
             done = vm_keys.set_keys(dom, values)
         else:
             done = vm_keys.unset_keys(dom, keys)
@@ -254,6 +286,26 @@ def cmd_vm(args, out, err):
         raise Failure(EXIT_FAILED, "libvirt: %s" % exc.get_error_message())
     finally:
         conn.close()
+
+
+def _check_deliverable(args, dom, values, err):
+    """Refuse (exit 1, nothing written) vm.* keys that, with hostkvd's host.* keys, would make this
+    guest's snapshot break a protocol limit: hostkvd is asked (op check-vm) before anything is
+    written.  Without a running hostkvd there is nothing to check against (a warning says so)."""
+    merged = {}
+    for _view, flags in vm_keys.views(dom):
+        current, _problems = vm_keys.read(dom, flags)
+        current.update(values)
+        if len(current) > len(merged):
+            merged = current
+    try:
+        reply = control_client.request(args.control_socket, {
+            "op": "check-vm", "key": dom.UUIDString(), "label": dom.name(), "values": merged})
+    except control_client.DaemonUnreachable as exc:
+        err.write("hostkvctl: warning: limits not checked against the host's keys: %s\n" % exc)
+        return
+    if not reply.get("ok"):
+        raise Failure(EXIT_FAILED, "hostkvd: %s" % reply.get("error", "refused"))
 
 
 def _describe(view_results, verb):

@@ -18,7 +18,7 @@ import signal
 import sys
 
 from hostkv import protocol
-from hostkv.common import paths
+from hostkv.common import paths, sd_notify
 from hostkv.hostkvd import VERSION, config, control
 from hostkv.hostkvd.daemon import Hostkvd
 from hostkv.hostkvd.sources.explicit import ExplicitSource
@@ -82,8 +82,11 @@ async def serve(args):
     source_task = asyncio.ensure_future(source.run(daemon))
     log.info("hostkvd %s started: host_id %s, %d host key(s), source %s", VERSION, daemon.host_id,
              len(daemon.host_values), type(source).__name__)
+    # Type=notify: ready once the control socket answers (hostkvctl works from here on)
+    sd_notify.notify("READY=1", "STATUS=" + daemon.status_line())
     stop_task = asyncio.ensure_future(stop.wait())
     await asyncio.wait([source_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
+    sd_notify.notify("STOPPING=1")
     failed = source_task.done() and not source_task.cancelled() and source_task.exception()
     source_task.cancel()
     stop_task.cancel()

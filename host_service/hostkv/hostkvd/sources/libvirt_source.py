@@ -18,15 +18,25 @@
   * when the connection closes (libvirtd restarted, died, or stopped answering keepalives) it
     reconnects with backoff, then re-enumerates and re-registers.  Channels stay connected
     meanwhile: they only depend on QEMU.  Before each (re)connect a child process checks that
-    libvirtd answers at all (:func:`probe`), so a hung libvirtd cannot stall the loop in ``open``.
+    libvirtd answers at all (:func:`probe`), so a hung libvirtd cannot stall the loop in ``open``;
+    for a local URI whose daemon socket does not accept a connection at all (libvirtd stopped) the
+    probe is skipped (:func:`socket_refuses`): a long outage costs no child process per retry;
+  * an outage is logged once when it starts (WARNING) and once when it ends (INFO, with its
+    length); the retries in between log at DEBUG only.  The connection's state ("up", "down" with
+    since/why, "connecting") and every domain whose channel cannot be served (and why) are handed
+    to ``daemon.set_source_status`` for ``hostkvctl status`` and systemd's STATUS= line.
 
 Channel keys are the domain UUID strings, labels the domain names.
 """
 
 import asyncio
 import logging
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 
 from hostkv import protocol
@@ -64,6 +74,45 @@ def probe(uri, timeout=PROBE_TIMEOUT):
     if res.returncode != 0:
         return res.stderr.decode("utf-8", "replace").strip()[:300] or "probe failed (%d)" % res.returncode
     return None
+
+
+def local_sockets(uri):
+    """The unix socket paths a local ``qemu://``/``qemu+unix://`` system URI may use (libvirt's
+    remote driver: ``?socket=``, else the modular virtqemud's socket, else libvirtd's), or None
+    when the URI is not one of those (then nothing is assumed and the probe always runs)."""
+    try:
+        parsed = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return None
+    if parsed.scheme not in ("qemu", "qemu+unix") or parsed.netloc:
+        return None
+    query = urllib.parse.parse_qs(parsed.query)
+    if query.get("socket"):
+        return [query["socket"][0]]
+    if parsed.path != "/system":
+        return None
+    return ["/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"]
+
+
+def socket_refuses(uri):
+    """True when no daemon socket of local ``uri`` accepts a connection (libvirt is down for sure:
+    no probe needed); False when one accepts or the URI's sockets are not known."""
+    paths_ = local_sockets(uri)
+    if not paths_:
+        return False
+    for path in paths_:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return False
+        except BlockingIOError:     # the backlog is full: something is listening
+            return False
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return True
 
 
 def ensure_event_impl(loop=None):
@@ -108,6 +157,10 @@ class LibvirtSource(object):
         self._callback_ids = []
         self._pending = {}        # uuid -> refresh task
         self._dirty = set()
+        self.state = "connecting"  # "up" | "down" | "connecting"
+        self.since = time.time()  # when the state began (wall clock)
+        self.why = None           # the reason of a "down"
+        self.unusable = {}        # uuid -> (domain name, why its channel cannot be served)
 
     # ------------------------------------------------------------ main loop
     async def run(self, daemon):
@@ -116,10 +169,13 @@ class LibvirtSource(object):
         ensure_event_impl(asyncio.get_event_loop())
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
         delay = self.backoff_min
+        self._set_state("connecting")
         try:
             while True:
                 problem = None
-                if self.probe_timeout:
+                if socket_refuses(self.uri):
+                    problem = "no libvirt daemon accepts connections at %s" % " or ".join(local_sockets(self.uri))
+                elif self.probe_timeout:
                     problem = await asyncio.get_event_loop().run_in_executor(
                         None, probe, self.uri, self.probe_timeout)
                 if problem is None:
@@ -128,13 +184,23 @@ class LibvirtSource(object):
                     except libvirt.libvirtError as err:
                         problem = err.get_error_message()
                 if problem is not None:
-                    log.warning("libvirt %s: cannot connect (%s); retrying in %.1fs", self.uri, problem, delay)
+                    if self.state != "down":
+                        log.warning("libvirt %s: down (%s); guests already served stay served; "
+                                    "retrying quietly", self.uri, problem)
+                        self._set_state("down", problem)
+                    else:
+                        log.debug("libvirt %s: still down (%s); retrying in %.1fs", self.uri, problem, delay)
+                        self.why = problem
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
                     continue
+                if self.state == "down":
+                    log.info("libvirt %s: up again after %.0f s down", self.uri, time.time() - self.since)
+                self._set_state("up")
                 connected_at = asyncio.get_event_loop().time()
                 await self._closed.wait()
                 log.warning("libvirt %s: connection lost; reconnecting (guests stay served)", self.uri)
+                self._set_state("down", "connection lost")
                 self._drop_connection()
                 if asyncio.get_event_loop().time() - connected_at > STABLE_SECONDS:
                     delay = self.backoff_min    # a flapping libvirtd keeps the growing delay
@@ -146,6 +212,23 @@ class LibvirtSource(object):
                 task.cancel()
             self._drop_connection()
             await self._drain()
+
+    def _set_state(self, state, why=None):
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.why = state, why
+        self._publish()
+
+    def status(self):
+        """What ``hostkvctl status`` shows about libvirt (JSON-able)."""
+        return {"source": "libvirt", "uri": self.uri, "state": self.state, "since": self.since,
+                "why": self.why, "unusable": [{"domain": name, "uuid": uuid, "why": why}
+                                              for uuid, (name, why) in sorted(self.unusable.items())]}
+
+    def _publish(self):
+        setter = getattr(self._daemon, "set_source_status", None)
+        if setter is not None:
+            setter(self.status())
 
     @staticmethod
     async def _drain(timeout=2.0):
@@ -280,6 +363,12 @@ class LibvirtSource(object):
         """Serve or stop serving domain ``uuid`` according to its LIVE ``xml``."""
         name = domain_xml.domain_identity(xml)[0]
         path, problem = domain_xml.channel_socket_path(xml, self.port_name)
+        if (self.unusable.get(uuid) or (None, None))[1] != problem:
+            if problem:
+                self.unusable[uuid] = (name, problem)
+            else:
+                self.unusable.pop(uuid, None)
+            self._publish()
         if path is None:
             if problem:
                 self._report(uuid, "domain %s: %s" % (name, problem))
@@ -293,6 +382,9 @@ class LibvirtSource(object):
         self._daemon.add_channel(uuid, path, vm_values=values, label=name)
 
     async def _remove(self, uuid, why):
+        if uuid in self.unusable and why in ("not running", "gone from this host"):
+            del self.unusable[uuid]
+            self._publish()
         if uuid in self.served:
             log.info("no longer serving domain %s (%s): %s", self.served[uuid], uuid, why)
             del self.served[uuid]
