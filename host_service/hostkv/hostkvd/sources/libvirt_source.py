@@ -91,7 +91,9 @@ def local_sockets(uri):
         return [query["socket"][0]]
     if parsed.path != "/system":
         return None
-    return ["/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"]
+    # libvirt's remote driver: the modular daemon's socket when it exists, else libvirtd's
+    modular = "/run/libvirt/virtqemud-sock"
+    return [modular] if os.path.exists(modular) else ["/run/libvirt/libvirt-sock"]
 
 
 def socket_refuses(uri):
