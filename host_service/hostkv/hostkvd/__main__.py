@@ -56,6 +56,9 @@ def parse_args(argv):
     p.add_argument("--port-name", default=protocol.DEFAULT_PORT_NAME)
     p.add_argument("--control-socket", default=control.DEFAULT_PATH)
     p.add_argument("--host-id", default=None)
+    p.add_argument("--state-dir", default=os.environ.get("STATE_DIRECTORY") or None, metavar="DIR",
+                   help="cache libvirt's host id here (default $STATE_DIRECTORY, set by systemd's "
+                        "StateDirectory=; none: no cache)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version="hostkvd %s" % VERSION)
     return p.parse_args(argv)
@@ -66,7 +69,8 @@ def make_source(args):
     if args.channel or args.channel_dir:
         return ExplicitSource(args.channel, args.channel_dir)
     from hostkv.hostkvd.sources.libvirt_source import LibvirtSource  # needs libvirt-python
-    return LibvirtSource(paths.libvirt_uri(args.connect), port_name=args.port_name)
+    return LibvirtSource(paths.libvirt_uri(args.connect), port_name=args.port_name,
+                         set_host_id=not args.host_id, state_dir=args.state_dir)
 
 
 async def serve(args):
