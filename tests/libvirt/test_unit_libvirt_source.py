@@ -210,3 +210,72 @@ def test_unreachable_uri_retries_until_cancelled(env):
         await asyncio.gather(task, return_exceptions=True)
 
     run(scenario())
+
+
+@in_child
+def test_served_at_once_with_the_cached_host_id_while_capabilities_are_slow(env, tmp_path):
+    """Issue 10.5: getCapabilities() (seconds on a real host) never holds up serving: with a cached
+    host id the channels are added at once; libvirt's answer, asked off the loop, replaces the id
+    when it differs and is cached for the next start.  Here the capabilities child is slowed down
+    (a stand-in for it that sleeps 8 s): the real libvirtd case is not shown by this test."""
+    import json as _json
+    import threading
+    conn, doms, daemon, _source = env
+    (tmp_path / libvirt_source.HOST_ID_CACHE).write_text(_json.dumps({"uri": URI, "host_id": "cached-id"}))
+    release = threading.Event()
+    asked = []
+
+    def slow_host_uuid(uri, timeout=None):
+        asked.append(uri)
+        release.wait(8)
+        return "libvirt-id", None
+    libvirt_source.host_uuid_child = slow_host_uuid
+    dom = conn.createXML(guest_xml("hk-slowcaps"), 0)
+    doms.append(dom)
+    source = LibvirtSource(URI, state_dir=str(tmp_path))
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: dom.UUIDString() in daemon.channels, timeout=2.0)
+        assert daemon.host_id == "cached-id" and asked == [URI]     # still asking libvirt
+        ticks = []                                                 # and the loop is free
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks.append(1)
+        assert len(ticks) == 5
+        release.set()
+        await until(lambda: daemon.host_id == "libvirt-id")
+        await until(lambda: "libvirt-id" in (tmp_path / libvirt_source.HOST_ID_CACHE).read_text())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+@in_child
+def test_first_start_without_a_cache_waits_for_libvirts_host_id(env, tmp_path):
+    """No cache (first start): no guest is served under a made-up id that would flip later."""
+    import threading
+    conn, doms, daemon, _source = env
+    release = threading.Event()
+
+    def slow_host_uuid(uri, timeout=None):
+        release.wait(8)
+        return "libvirt-id", None
+    libvirt_source.host_uuid_child = slow_host_uuid
+    dom = conn.createXML(guest_xml("hk-nocache"), 0)
+    doms.append(dom)
+    source = LibvirtSource(URI, state_dir=str(tmp_path))
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: source.conn is not None)
+        await asyncio.sleep(0.3)
+        assert dom.UUIDString() not in daemon.channels and daemon.host_id is None
+        release.set()
+        await until(lambda: dom.UUIDString() in daemon.channels)
+        assert daemon.host_id == "libvirt-id"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
