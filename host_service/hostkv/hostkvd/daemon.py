@@ -225,6 +225,7 @@ class Hostkvd(object):
             return False
         snap = protocol.Snapshot(self.host_id, self._next_generation(), values)
         err = snapshot_problem(snap)
+        was = channel.undeliverable
         if err is not None:
             # never sent: the guest is told (HostSession.push) instead of keeping old values as current
             if self._logged_undeliverable.get(channel.key) != str(err):
@@ -239,7 +240,8 @@ class Hostkvd(object):
         channel.snapshot = snap
         if push:
             channel.push()
-        self.update_status()
+        if channel.undeliverable != was:
+            self.update_status()
         return err is None
 
     def _refresh_all(self):
