@@ -279,3 +279,42 @@ def test_first_start_without_a_cache_waits_for_libvirts_host_id(env, tmp_path):
         await asyncio.gather(task, return_exceptions=True)
 
     run(scenario())
+
+
+@in_child
+def test_outage_is_logged_once_and_costs_no_probe_child_while_the_socket_refuses(env, tmp_path):
+    """Issue 10.7 (fast twin of tests/libvirt/test_libvirtd_restart.py): many retries against a
+    libvirt socket nobody listens on give one WARNING, DEBUG retries, and never the probe child;
+    the state handed to the daemon says down, since when and why."""
+    import logging
+    import socket as _socket
+    _conn, _doms, daemon, _source = env
+    dead = str(tmp_path / "libvirt-sock")
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.bind(dead)
+    s.close()                       # a socket file that refuses: libvirtd stopped
+    probes = []
+    libvirt_source.probe = lambda *a, **k: probes.append(a) or "probed"
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    logging.getLogger("hostkvd.libvirt").addHandler(Keep())
+    logging.getLogger("hostkvd.libvirt").setLevel(logging.DEBUG)
+    states = []
+    daemon.set_source_status = states.append
+    source = LibvirtSource("qemu+unix:///system?socket=" + dead, backoff_min=0.01, backoff_max=0.02)
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    retries = [r for r in records if "still down" in r.getMessage()]
+    assert len(warnings) == 1 and "down (no libvirt daemon accepts connections" in warnings[0].getMessage()
+    assert len(retries) >= 5 and probes == []
+    assert states[-1]["state"] == "down" and states[-1]["since"] and dead in states[-1]["why"]
