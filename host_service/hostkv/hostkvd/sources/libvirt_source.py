@@ -243,7 +243,9 @@ class LibvirtSource(object):
                         self._set_state("down", problem)
                     else:
                         log.debug("libvirt %s: still down (%s); retrying in %.1fs", self.uri, problem, delay)
-                        self.why = problem
+                        if problem != self.why:
+                            self.why = problem
+                            self._publish()
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
                     continue
