@@ -211,7 +211,8 @@ def cmd_check(args, out):
         cfg = config.load(path)
         check_host_values(hostvalues.host_values(cfg))
     except (config.ConfigError, protocol.ProtocolError) as err:
-        raise Failure(EXIT_FAILED, "%s refused: %s" % (path, err))
+        text = str(err)    # config errors already start with path:line
+        raise Failure(EXIT_FAILED, "refused: %s" % (text if text.startswith(path) else "%s: %s" % (path, text)))
     _report(args, out, {"ok": True, "file": path, "host_keys": sorted(cfg.host_values)},
             "%s: ok (%d host key(s))" % (path, len(cfg.host_values)))
     return EXIT_OK
