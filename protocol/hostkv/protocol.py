@@ -488,13 +488,15 @@ class HostSession(object):
         self._out = []
 
     def connect(self):
-        """A (re)connect: reset per-connection state and queue the snapshot, pushed unasked."""
+        """A (re)connect: reset per-connection state and queue the snapshot, pushed unasked.
+
+        Returns what :meth:`push` returns (None, or why the snapshot could not be delivered)."""
         self._lines.reset()
         self._out = [b"\n"]           # the newline ends any half frame left in the guest's pipe
         self.version = None
         self.agent = None
         self.errors = 0
-        self.push()
+        return self.push()
 
     def push(self):
         """Queue the current snapshot (the guest's values changed).
@@ -643,6 +645,7 @@ class GuestSession(object):
         self._unsent = []             # ids to send once in sync
         self.version = None           # from the host's hello reply
         self.server = None
+        self._host_id = None          # host_id of the last snapshot taken (a change: see receive)
 
     # ------------------------------------------------------------ state
 
@@ -792,6 +795,15 @@ class GuestSession(object):
                 continue
             if event is not None:
                 events.append(event)
+            if op == "snapshot":
+                moved = self._host_id is not None and event.snapshot.host_id != self._host_id
+                self._host_id = event.snapshot.host_id
+                if moved:
+                    # another host pushed without a connect edge we saw (a live migration landed):
+                    # sync and hello with it, so it knows this guest listens (its "serving" needs
+                    # the guest to speak) and any half frame of the move is behind us
+                    self._start_sync(self._now(now))
+                    self._queue({"op": "hello", "versions": self.versions, "agent": self.agent_name})
         return events
 
     def _reply_event(self, op, frame):

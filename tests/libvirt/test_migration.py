@@ -26,4 +26,7 @@ def test_live_migration_there_and_back(lv_pairs, guests, layout):
         cli = g.exec.run(cmd=["hostkv", "get", "host.hostname"])
         assert cli["stdout"].strip() == dst.hostname, cli
         assert "mig1" in channels(dst) and channels(dst)["mig1"]["path"] == g.hostkv_socket()
+        # the landing host counts it as served only once the guest has spoken there (issue 10.3b)
+        lh.wait_for(lambda: channels(dst)["mig1"]["serving"], 30,
+                    what="the destination to see the migrated guest speak")
         lh.wait_for(lambda: "mig1" not in channels(src), 5, what="source hostkvd to let go of mig1")

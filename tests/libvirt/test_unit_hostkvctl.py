@@ -254,3 +254,56 @@ def test_status_shows_origins_keysources_and_policies(tmp_path):
     assert "cobbler: unreachable since " in out and "(refused); last known keys stay" in out
     assert "  web1: Cobbler system web1: bad" in out
     assert "policy opaque; vm keys: 1 cobbler, 1 local; linked: cobbler system=web1" in out
+
+
+def test_version_flag(capsys):
+    from hostkv.common.version import VERSION
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == "hostkvctl %s\n" % VERSION
+
+
+def test_json_on_every_reporting_command(fake_hostkvd):
+    """host set/unset, reload, vm set/unset/get, enable and failures: one JSON object on stdout."""
+    path, _requests = fake_hostkvd
+    for argv in (["host", "set", "rack=r12", "--json"], ["host", "unset", "rack", "--json"],
+                 ["reload", "--json"]):
+        code, out, _ = run(argv, path)
+        assert code == 0 and json.loads(out) == {"ok": True, "message": "reloaded; pushed to 1 guest(s)"}
+    code, out, _ = run(["vm", "set", "test", "role=web", "--json"])
+    assert code == 0 and json.loads(out) == {"ok": True, "domain": "test", "action": "set",
+                                             "keys": {"vm.role": "web"}, "views": ["config", "live"],
+                                             "dropped": []}
+    code, out, _ = run(["vm", "get", "test", "role", "--json"])
+    assert code == 0 and json.loads(out) == {"domain": "test", "key": "vm.role", "value": "web",
+                                             "origin": "local"}
+    code, out, _ = run(["vm", "unset", "test", "role", "--json"])
+    assert code == 0 and json.loads(out)["keys"] == ["vm.role"]
+    code, out, err = run(["enable", "test", "--json"])
+    doc = json.loads(out)
+    assert code == cli.EXIT_FAILED and doc["ok"] is False and doc["command"] == "enable"
+    assert doc["domains"][0]["domain"] == "test" and "cannot enable hostkv on test" in doc["domains"][0]["error"]
+    code, out, err = run(["host", "unset", "nope", "--json"], path)
+    assert code == cli.EXIT_FAILED and json.loads(out) == {"ok": False, "exit": 1,
+                                                           "error": "hostkvd: not set in /c: host.nope"}
+    assert "not set" in err
+
+
+def test_vm_get_lines_cannot_be_misread():
+    """Every value is one JSON string on its line (a newline, CR, blank or quote cannot break it),
+    followed by where it comes from; one key's value is printed byte for byte with a newline after it."""
+    run(["vm", "set", "test", "cr=x\r\ny\r", "plain=a=b c", "blank=  pad", "q=\"quoted\"", "e="])
+    try:
+        code, out, _ = run(["vm", "get", "test"])
+        assert code == 0
+        assert out.split("\n")[:5] == ['vm.blank = "  pad"  local', 'vm.cr = "x\\r\\ny\\r"  local',
+                                       'vm.e = ""  local', 'vm.plain = "a=b c"  local',
+                                       'vm.q = "\\"quoted\\""  local']
+        code, out, _ = run(["vm", "get", "test", "cr"])
+        assert code == 0 and out == "x\r\ny\r\n"
+        code, out, _ = run(["vm", "get", "test", "vm.plain"])
+        assert out == "a=b c\n"
+        code, _, err = run(["vm", "get", "test", "nope"])
+        assert code == cli.EXIT_FAILED and "test has no key vm.nope" in err
+    finally:
+        run(["vm", "unset", "test", "cr", "plain", "blank", "q", "e"])

@@ -212,3 +212,111 @@ def test_unreachable_uri_retries_until_cancelled(env):
         await asyncio.gather(task, return_exceptions=True)
 
     run(scenario())
+
+
+@in_child
+def test_served_at_once_with_the_cached_host_id_while_capabilities_are_slow(env, tmp_path):
+    """Issue 10.5: getCapabilities() (seconds on a real host) never holds up serving: with a cached
+    host id the channels are added at once; libvirt's answer, asked off the loop, replaces the id
+    when it differs and is cached for the next start.  Here the capabilities child is slowed down
+    (a stand-in for it that sleeps 8 s): the real libvirtd case is not shown by this test."""
+    import json as _json
+    import threading
+    conn, doms, daemon, _source = env
+    (tmp_path / libvirt_source.HOST_ID_CACHE).write_text(_json.dumps({"uri": URI, "host_id": "cached-id"}))
+    release = threading.Event()
+    asked = []
+
+    def slow_host_uuid(uri, timeout=None):
+        asked.append(uri)
+        release.wait(8)
+        return "libvirt-id", None
+    libvirt_source.host_uuid_child = slow_host_uuid
+    dom = conn.createXML(guest_xml("hk-slowcaps"), 0)
+    doms.append(dom)
+    source = LibvirtSource(URI, state_dir=str(tmp_path))
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: dom.UUIDString() in daemon.channels, timeout=2.0)
+        assert daemon.host_id == "cached-id" and asked == [URI]     # still asking libvirt
+        ticks = []                                                 # and the loop is free
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks.append(1)
+        assert len(ticks) == 5
+        release.set()
+        await until(lambda: daemon.host_id == "libvirt-id")
+        await until(lambda: "libvirt-id" in (tmp_path / libvirt_source.HOST_ID_CACHE).read_text())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+@in_child
+def test_first_start_without_a_cache_waits_for_libvirts_host_id(env, tmp_path):
+    """No cache (first start): no guest is served under a made-up id that would flip later."""
+    import threading
+    conn, doms, daemon, _source = env
+    release = threading.Event()
+
+    def slow_host_uuid(uri, timeout=None):
+        release.wait(8)
+        return "libvirt-id", None
+    libvirt_source.host_uuid_child = slow_host_uuid
+    dom = conn.createXML(guest_xml("hk-nocache"), 0)
+    doms.append(dom)
+    source = LibvirtSource(URI, state_dir=str(tmp_path))
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await until(lambda: source.conn is not None)
+        await asyncio.sleep(0.3)
+        assert dom.UUIDString() not in daemon.channels and daemon.host_id is None
+        release.set()
+        await until(lambda: dom.UUIDString() in daemon.channels)
+        assert daemon.host_id == "libvirt-id"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+@in_child
+def test_outage_is_logged_once_and_costs_no_probe_child_while_the_socket_refuses(env, tmp_path):
+    """Issue 10.7 (fast twin of tests/libvirt/test_libvirtd_restart.py): many retries against a
+    libvirt socket nobody listens on give one WARNING, DEBUG retries, and never the probe child;
+    the state handed to the daemon says down, since when and why."""
+    import logging
+    import socket as _socket
+    _conn, _doms, daemon, _source = env
+    dead = str(tmp_path / "libvirt-sock")
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.bind(dead)
+    s.close()                       # a socket file that refuses: libvirtd stopped
+    probes = []
+    libvirt_source.probe = lambda *a, **k: probes.append(a) or "probed"
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    logging.getLogger("hostkvd.libvirt").addHandler(Keep())
+    logging.getLogger("hostkvd.libvirt").setLevel(logging.DEBUG)
+    states = []
+    daemon.set_source_status = states.append
+    source = LibvirtSource("qemu+unix:///system?socket=" + dead, backoff_min=0.01, backoff_max=0.02)
+
+    async def scenario():
+        task = asyncio.ensure_future(source.run(daemon))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    retries = [r for r in records if "still down" in r.getMessage()]
+    assert len(warnings) == 1 and "down (no libvirt daemon accepts connections" in warnings[0].getMessage()
+    assert len(retries) >= 5 and probes == []
+    assert states[-1]["state"] == "down" and states[-1]["since"] and dead in states[-1]["why"]

@@ -307,6 +307,8 @@ def test_host_unit_content(installed):
     for hard in ("Requires", "Requisite", "BindsTo", "PartOf"):
         assert ("Unit", hard) not in u, "a broken libvirt must never block hostkvd"
     assert u[("Service", "Restart")] == ["on-failure"]
+    assert u[("Service", "ExecReload")] == ["/usr/sbin/hostkvctl reload"]
+    assert u[("Service", "Type")] == ["notify"] and u[("Service", "NotifyAccess")] == ["main"]
     assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkvd"]
     assert "PYTHONUNBUFFERED=1" in u[("Service", "Environment")]
     assert u[("Install", "WantedBy")] == ["multi-user.target"]

@@ -2,6 +2,7 @@
 
 Fast: no VM.  The same behaviour in a real QEMU guest is covered in tests/core/.
 """
+import json
 import os
 import stat
 import time
@@ -191,3 +192,91 @@ def test_a_socket_that_appears_late_is_connected_at_once_without_polling(tmp_pat
         if port is not None:
             port.close()
         d.stop()
+
+
+def _hostkvctl(daemon, *args):
+    import subprocess
+    import sys
+    from tests.harness import PYTHONPATH
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH)
+    return subprocess.run([sys.executable, "-m", "hostkv.hostkvctl", "--control-socket", daemon.control_path]
+                          + list(args), capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_reload_and_check_report_a_refused_config_synchronously(daemon, two_ports):
+    """`hostkvctl reload` (the unit's ExecReload=) exits 1 naming file:line when hostkvd refuses
+    the config, and 0 when it takes it; `hostkvctl check FILE` says the same without hostkvd."""
+    g1 = two_ports[0].accept()
+    g1.frame()
+    good = _hostkvctl(daemon, "reload")
+    assert good.returncode == 0 and "reloaded" in good.stdout, good
+    with open(daemon.config_path, "a") as f:
+        f.write("host.rack = r13\n")        # set twice: refused
+    bad = _hostkvctl(daemon, "reload")
+    assert bad.returncode == 1, bad
+    assert "hostkvd.conf:4: host.rack is set twice" in bad.stderr
+    checked = _hostkvctl(daemon, "check", daemon.config_path)
+    assert checked.returncode == 1 and "hostkvd.conf:4: host.rack is set twice" in checked.stderr
+    # the running config was kept: the guest still gets r12
+    g1.send({"op": "get", "id": 7, "key": "host.rack"})
+    assert g1.frame()["value"] == "r12"
+    with open(daemon.config_path, "w") as f:
+        f.write("[host]\nrack = r14\n")
+    ok = _hostkvctl(daemon, "check", daemon.config_path, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["host_keys"] == ["host.rack"]
+    assert _hostkvctl(daemon, "reload").returncode == 0
+    assert g1.frame(timeout=5)["values"]["host.rack"] == "r14"
+
+
+class NotifySocket(object):
+    """The service manager's side of sd_notify(3): a datagram socket at $NOTIFY_SOCKET."""
+
+    def __init__(self, path):
+        import socket
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []
+
+    def wait_for(self, pred, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if pred(m):
+                    return m
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except OSError:
+                pass
+        raise AssertionError("no such notification; got %r" % self.messages)
+
+
+def test_notify_ready_and_status_lines_count_only_guests_that_spoke(tmp_path, two_ports, monkeypatch):
+    """Type=notify: READY=1 with a STATUS= line once the control socket is up; STATUS= follows
+    what is served.  A channel connected only into a listen backlog (the second port never
+    accepts: what a squatter on QEMU's socket leaves us) is 'silent', never 'serving'."""
+    ns = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", ns.path)
+    d = HostkvdProcess(tmp_path, channels=[p.path for p in two_ports], host_id="notify-test")
+    d.start()
+    try:
+        ready = ns.wait_for(lambda m: "READY=1" in m.split("\n"))
+        assert "STATUS=serving 0 guests" in ready
+        g1 = two_ports[0].accept()
+        g1.frame()
+        g1.send({"op": "hello", "id": 1, "versions": [1], "agent": "test"})
+        ns.wait_for(lambda m: m.startswith("STATUS=serving 1 guest (1 silent)"))
+        status = d.control({"op": "status"})["status"]
+        by = {c["label"]: c for c in status["channels"]}
+        assert by["g1.sock"]["serving"] and by["g1.sock"]["describe"] == "serving"
+        assert by["g2.sock"]["connected"] and not by["g2.sock"]["serving"]
+        assert by["g2.sock"]["describe"].startswith("connected, guest silent for ")
+        assert "another client may hold the channel" in by["g2.sock"]["describe"]
+        # a host set reaches g1 only; the silent g2 is not counted as pushed
+        reply = d.control({"op": "host-set", "values": {"host.x": "1"}})
+        assert reply["ok"] and reply["pushed"] == 1 and "pushed to 1 guest(s)" in reply["message"]
+    finally:
+        d.stop()
+    assert any(m == "STOPPING=1" for m in ns.messages) or ns.wait_for(lambda m: m == "STOPPING=1", 2)
+

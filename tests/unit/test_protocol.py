@@ -437,3 +437,26 @@ def test_undeliverable_snapshot_is_never_sent_and_the_guest_is_told():
     assert [f["op"] for f in out] == ["error"]
     assert out[0]["code"] == "snapshot-undeliverable" and "id" not in out[0]
     assert "256" in out[0]["message"] or "keys" in out[0]["message"]
+
+
+def test_a_snapshot_from_another_host_makes_the_guest_sync_and_hello_with_it():
+    """A live migration gives the guest no connect edge: the landing host's hostkvd pushes, and
+    counts the guest as served only once it speaks (issue 10.3b).  A snapshot whose host_id
+    differs from the last one makes the guest sync and hello; one from the same host does not."""
+    s, host_a, guest = host_and_guest()
+    synced(host_a, guest)
+    exchange(host_a, guest)
+    guest.data_to_send()
+    host_b = P.HostSession(lambda: snap(host_id="hostB", generation=9))
+    host_b.connect()
+    events = guest.receive(host_b.data_to_send())
+    assert [e.snapshot.host_id for e in events if isinstance(e, P.SnapshotReceived)] == ["hostB"]
+    sent = frames(guest.data_to_send())
+    assert [f["op"] for f in sent] == ["sync", "hello"] and not guest.in_sync
+    events = host_b.receive(json.dumps(sent[0]).encode() + b"\n" + json.dumps(sent[1]).encode() + b"\n")
+    assert len(events) == 2
+    assert [type(e) for e in guest.receive(host_b.data_to_send())][:2] == [P.Resynced, P.SnapshotReceived]
+    assert guest.in_sync
+    host_b.push()                                   # the same host again: nothing to say
+    guest.receive(host_b.data_to_send())
+    assert guest.data_to_send() == b""

@@ -16,6 +16,7 @@ import sys
 import time
 
 from hostkv.common import domain_xml, entries, paths
+from hostkv.common.version import VERSION
 from hostkv.hostkvctl import control_client, enable as enable_mod, libvirt_conn, vm_keys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_NO_LIBVIRT, EXIT_NOT_ROOT = 0, 1, 2, 3, 4, 5
@@ -62,56 +63,67 @@ def build_parser():
     p = argparse.ArgumentParser(prog="hostkvctl", description="Administer hostkv on this host (root only).",
                                 epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 hostkvd unreachable, "
                                        "4 libvirt unreachable or no such domain, 5 not root.")
-    p.add_argument("--connect", default=os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI, metavar="URI",
-                   help="libvirt URI (default %(default)s)")
+    p.add_argument("--connect", default=None, metavar="URI",
+                   help="libvirt URI (default $LIBVIRT_DEFAULT_URI, else %s)" % DEFAULT_URI)
     p.add_argument("--control-socket", default=control_client.DEFAULT_PATH, metavar="PATH",
                    help="hostkvd's control socket (default %(default)s)")
     p.add_argument("--port-name", default=paths.PORT_NAME, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version="hostkvctl %s" % VERSION)
+    # every command that reports something takes --json: one JSON object on stdout (errors too)
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("status", help="what hostkvd serves")
-    s.add_argument("--json", action="store_true")
+    sub.add_parser("status", help="what hostkvd serves", parents=[js])
 
     h = sub.add_parser("host", help="host.* keys (hostkvd's config)")
     hs = h.add_subparsers(dest="action", metavar="ACTION")
     hs.required = True
-    hs.add_parser("set", help="set KEY=VALUE...").add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-    hs.add_parser("unset", help="remove KEY...").add_argument("keys", nargs="+", metavar="KEY")
+    hs.add_parser("set", help="set KEY=VALUE...", parents=[js]).add_argument(
+        "assignments", nargs="+", metavar="KEY=VALUE")
+    hs.add_parser("unset", help="remove KEY...", parents=[js]).add_argument("keys", nargs="+", metavar="KEY")
 
     v = sub.add_parser("vm", help="vm.* keys of a domain (libvirt metadata)")
     vs = v.add_subparsers(dest="action", metavar="ACTION")
     vs.required = True
-    g = vs.add_parser("get", help="show DOMAIN's keys")
+    g = vs.add_parser("get", help="show DOMAIN's keys (KEY=VALUE lines), or one KEY's value", parents=[js])
     g.add_argument("domain")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("key", nargs="?", metavar="KEY", help="print only this key's value (and a newline)")
     g.add_argument("--config", action="store_true", help="the persistent definition, not the live domain")
-    vset = vs.add_parser("set", help="set DOMAIN KEY=VALUE...")
+    vset = vs.add_parser("set", help="set DOMAIN KEY=VALUE...", parents=[js])
     vset.add_argument("domain")
     vset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-    vun = vs.add_parser("unset", help="remove DOMAIN KEY...")
+    vun = vs.add_parser("unset", help="remove DOMAIN KEY...", parents=[js])
     vun.add_argument("domain")
     vun.add_argument("keys", nargs="+", metavar="KEY")
-    vpol = vs.add_parser("policy", help="which host.* keys DOMAIN sees: all, none, opaque (or default)")
+    vpol = vs.add_parser("policy", help="which host.* keys DOMAIN sees: all, none, opaque (or default)",
+                         parents=[js])
     vpol.add_argument("domain")
     vpol.add_argument("policy", nargs="?", choices=domain_xml.POLICIES + ("default",),
                       help="all: every host key; opaque: the host's names replaced by an opaque id; "
                            "none: no host key; default: the host's default_policy (no value: show it)")
-    vpol.add_argument("--json", action="store_true")
-    vlink = vs.add_parser("link", help="take DOMAIN's vm.* keys from a Cobbler system (or profile), live")
+    vlink = vs.add_parser("link", help="take DOMAIN's vm.* keys from a Cobbler system (or profile), live",
+                          parents=[js])
     vlink.add_argument("domain")
     which = vlink.add_mutually_exclusive_group(required=True)
     which.add_argument("--cobbler-system", metavar="NAME")
     which.add_argument("--cobbler-profile", metavar="NAME")
     vlink.add_argument("--cobbler-server", metavar="URL",
                        help="the Cobbler server (default: the one hostkvd's [cobbler] section polls)")
-    vunl = vs.add_parser("unlink", help="stop taking DOMAIN's keys from Cobbler")
+    vunl = vs.add_parser("unlink", help="stop taking DOMAIN's keys from Cobbler", parents=[js])
     vunl.add_argument("domain")
     vunl.add_argument("--keep-keys", action="store_true", help="keep Cobbler's keys as local keys")
 
+    sub.add_parser("reload", help="make hostkvd re-read its config; fails (exit 1) if it refuses it",
+                   parents=[js])
+    c = sub.add_parser("check", help="check a config file (default hostkvd's) without applying it",
+                       parents=[js])
+    c.add_argument("file", nargs="?", metavar="FILE")
+
     for name, text in (("enable", "hot-plug and persist the hostkv channel"),
                        ("disable", "remove what enable added")):
-        e = sub.add_parser(name, help=text)
+        e = sub.add_parser(name, help=text, parents=[js])
         e.add_argument("domains", nargs="*", metavar="DOMAIN")
         e.add_argument("--all", action="store_true", help="every domain of this libvirt connection")
         if name == "enable":
@@ -133,34 +145,62 @@ def _control(args, obj):
     return reply
 
 
+def _when(epoch):
+    """An epoch as local time for humans ('-' for never)."""
+    if not epoch:
+        return "-"
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _table(out, header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header) - 1)]
+    for row in [header] + rows:
+        cells = ["%-*s" % (w, c) for w, c in zip(widths, row)] + [str(row[-1])]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
 def cmd_status(args, out):
     status = _control(args, {"op": "status"})["status"]
     if args.json:
         out.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
-    out.write("%s  pid %s  host_id %s\nconfig %s\n" % (status.get("server"), status.get("pid"),
-                                                      status.get("host_id"), status.get("config")))
+    out.write("%s  pid %s  host_id %s  started %s\nconfig %s\n" % (
+        status.get("server"), status.get("pid"), status.get("host_id"), _when(status.get("started")),
+        status.get("config")))
+    src = status.get("source") or {}
+    if src.get("source") == "libvirt":
+        state = src.get("state")
+        line = "libvirt %s: %s since %s" % (src.get("uri"), state, _when(src.get("since")))
+        if state == "down" and src.get("why"):
+            line += " (%s)" % src["why"]
+        out.write(line + "\n")
+    if status.get("status_line"):
+        out.write("status: %s\n" % status["status_line"])
+    host_values = status.get("host_values", {})
     origins = status.get("host_origins", {})
-    out.write("host values:\n")
-    for key, value in sorted(status.get("host_values", {}).items()):
+    out.write("host values (%d):\n" % len(host_values))
+    for key, value in sorted(host_values.items()):
         out.write("  %s = %s%s\n" % (key, json.dumps(value, ensure_ascii=False),
                                      "  (%s)" % origins[key] if key in origins else ""))
     for line in keysource_lines(status.get("keysources", {})):
         out.write(line + "\n")
     channels = status.get("channels", [])
     out.write("channels: %d (default policy %s)\n" % (len(channels), status.get("default_policy", "all")))
-    for ch in sorted(channels, key=lambda c: str(c.get("label"))):
-        out.write("  %-20s %-10s gen %-14s pushes %-4s connects %-3s %s\n" % (
-            ch.get("label"), ch.get("state"), ch.get("generation"), ch.get("pushes"), ch.get("connects"),
-            ch.get("path")))
-        extra = describe_guest(ch)
-        if extra:
-            out.write("  %-20s %s\n" % ("", extra))
+    if channels:
+        rows = [(ch.get("label"), ch.get("describe") or ch.get("state"), ch.get("generation"), ch.get("pushes"),
+                 ch.get("connects"), _when(ch.get("last_push")), ch.get("path"))
+                for ch in sorted(channels, key=lambda c: str(c.get("label")))]
+        _table(out, ("DOMAIN", "STATE", "GENERATION", "PUSHES", "CONNECTS", "LAST PUSH", "PATH"), rows)
+        for ch in sorted(channels, key=lambda c: str(c.get("label"))):
+            extra = describe_guest(ch)
+            if extra:
+                out.write("  %s: %s\n" % (ch.get("label"), extra))
+    unusable = src.get("unusable") or []
+    if unusable:
+        out.write("unusable channels: %d\n" % len(unusable))
+        _table(out, ("DOMAIN", "WHY"), [(u.get("domain"), u.get("why")) for u in unusable])
     return EXIT_OK
-
-
-def _when(stamp):
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "never"
 
 
 def keysource_lines(keysources):
@@ -207,6 +247,13 @@ def describe_guest(ch):
     return "; ".join(parts)
 
 
+def _report(args, out, obj, text):
+    """Write ``obj`` as JSON (--json) or ``text`` (one or more lines) to ``out``."""
+    if getattr(args, "json", False):
+        out.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    elif text:
+        out.write(text if text.endswith("\n") else text + "\n")
+
 
 def cmd_host(args, out):
     if args.action == "set":
@@ -214,7 +261,30 @@ def cmd_host(args, out):
     else:
         keys = [scoped_key(k, "host") for k in args.keys]
         reply = _control(args, {"op": "host-unset", "keys": keys})
-    out.write("%s\n" % reply.get("message", "ok"))
+    _report(args, out, reply, reply.get("message", "ok"))
+    return EXIT_OK
+
+
+def cmd_reload(args, out):
+    reply = _control(args, {"op": "reload"})
+    _report(args, out, reply, reply.get("message", "ok"))
+    return EXIT_OK
+
+
+def cmd_check(args, out):
+    """Parse FILE (default: hostkvd's config) as hostkvd would, without touching hostkvd."""
+    from hostkv.hostkvd import config, hostvalues
+    from hostkv.hostkvd.daemon import check_host_values
+    from hostkv import protocol
+    path = args.file or os.environ.get("HOSTKVD_CONFIG") or config.DEFAULT_PATH
+    try:
+        cfg = config.load(path)
+        check_host_values(hostvalues.host_values(cfg))
+    except (config.ConfigError, protocol.ProtocolError) as err:
+        text = str(err)    # config errors already start with path:line
+        raise Failure(EXIT_FAILED, "refused: %s" % (text if text.startswith(path) else "%s: %s" % (path, text)))
+    _report(args, out, {"ok": True, "file": path, "host_keys": sorted(cfg.host_values)},
+            "%s: ok (%d host key(s))" % (path, len(cfg.host_values)))
     return EXIT_OK
 
 
@@ -251,20 +321,32 @@ def cmd_vm(args, out, err):
         if args.action == "get":
             meta, problems = vm_keys.get(dom, config=args.config)
             _warn(problems, err)
+            if args.key is not None:
+                values = meta.effective()[0]
+                key = scoped_key(args.key, "vm")
+                if key not in values:
+                    raise Failure(EXIT_FAILED, "%s has no key %s" % (dom.name(), key))
+                # the value byte for byte, then a newline (like `hostkv get`)
+                _report(args, out, {"domain": dom.name(), "key": key, "value": values[key],
+                                    "origin": meta.effective()[1].get(key)}, None)
+                if not args.json:
+                    out.write(values[key] + "\n")
+                return EXIT_OK
             write_vm_get(out, dom.name(), meta, args.json)
             return EXIT_OK
         if args.action == "policy" and args.policy is None:
             meta, problems = vm_keys.get(dom)
             _warn(problems, err)
-            if args.json:
-                out.write(json.dumps({"domain": dom.name(), "policy": meta.policy}) + "\n")
-            else:
-                out.write("%s: policy %s\n" % (dom.name(), meta.policy or "not set (the host's "
-                                                 "default_policy applies: hostkvctl status)"))
+            _report(args, out, {"domain": dom.name(), "policy": meta.policy},
+                    "%s: policy %s" % (dom.name(), meta.policy or "not set (the host's "
+                                       "default_policy applies: hostkvctl status)"))
             return EXIT_OK
         note = ""
+        report = {"ok": True, "domain": dom.name(), "action": args.action}
         if args.action == "set":
+            _check_deliverable(args, dom, values, err)
             done = vm_keys.set_keys(dom, values)
+            report["keys"] = values
             shadowed = vm_keys.get(dom)[0].shadowed()
             overrides = ["%s (%s has %s)" % (k, shadowed[k][0][0], json.dumps(shadowed[k][0][1]))
                          for k in sorted(values) if k in shadowed]
@@ -272,20 +354,27 @@ def cmd_vm(args, out, err):
                 note = "; overrides %s: `vm unset` hands them back" % ", ".join(overrides)
         elif args.action == "unset":
             done = vm_keys.unset_keys(dom, keys)
+            report["keys"] = keys
         elif args.action == "policy":
             policy = None if args.policy == "default" else args.policy
             done = vm_keys.set_policy(dom, policy)
+            report["policy"] = policy
             note = "; policy %s" % (policy or "removed (the host's default_policy applies)")
         elif args.action == "link":
             done = vm_keys.link(dom, link)
+            report["link"] = link.describe()
             note = "; linked to %s (hostkvd reads it and stores its keys)" % link.describe()
         else:
             done = vm_keys.unlink(dom, "cobbler", keep_keys=args.keep_keys)
             note = "; unlinked from Cobbler%s" % (", its keys kept as local keys" if args.keep_keys else "")
+        dropped = []
         for _view, problems in done:
             _warn(problems, err)
-        out.write("%s: %s (%s)%s\n" % (dom.name(), args.action, ", ".join(view for view, _p in done)
-                                       or "no views", note))
+            dropped.extend(problems)
+        report["views"] = [view for view, _p in done]
+        report["dropped"] = dropped
+        _report(args, out, report, "%s: %s (%s)%s" % (
+            dom.name(), args.action, ", ".join(view for view, _p in done) or "no views", note))
         return EXIT_OK
     except domain_xml.DomainXMLError as exc:
         raise Failure(EXIT_USAGE, str(exc))
@@ -348,6 +437,26 @@ def write_vm_get(out, name, meta, as_json):
         out.write("linked: %s%s\n" % (link.describe(), fetched))
 
 
+def _check_deliverable(args, dom, values, err):
+    """Refuse (exit 1, nothing written) vm.* keys that, with hostkvd's host.* keys, would make this
+    guest's snapshot break a protocol limit: hostkvd is asked (op check-vm) before anything is
+    written.  Without a running hostkvd there is nothing to check against (a warning says so)."""
+    merged = {}
+    for _view, flags in vm_keys.views(dom):
+        current, _problems = vm_keys.read(dom, flags)
+        current.update(values)
+        if len(current) > len(merged):
+            merged = current
+    try:
+        reply = control_client.request(args.control_socket, {
+            "op": "check-vm", "key": dom.UUIDString(), "label": dom.name(), "values": merged})
+    except control_client.DaemonUnreachable as exc:
+        err.write("hostkvctl: warning: limits not checked against the host's keys: %s\n" % exc)
+        return
+    if not reply.get("ok"):
+        raise Failure(EXIT_FAILED, "hostkvd: %s" % reply.get("error", "refused"))
+
+
 def _describe(view_results, verb):
     parts = []
     for item in view_results:
@@ -358,12 +467,21 @@ def _describe(view_results, verb):
     return "; ".join(parts) if parts else "no live or persistent definition"
 
 
+def line_value(value):
+    """How a value is spelled on a ``KEY=VALUE`` line: as is when that reads back unchanged, else
+    one JSON string (a newline, CR, control or leading quote/space can never split or blur a line).
+    The same spelling as hostkvd.conf's values (hostkvd.config.format_value)."""
+    from hostkv.hostkvd.config import format_value
+    return format_value(value) if value != "" else ""
+
+
 def cmd_enable(args, out, err):
     import libvirt
     if bool(args.domains) == bool(args.all):
         raise Failure(EXIT_USAGE, "%s: give DOMAIN... or --all (not both)" % args.command)
     conn = _open(args)
     code = EXIT_OK
+    results = []
     try:
         doms = libvirt_conn.all_domains(conn) if args.all else [_domain(args, conn, d) for d in args.domains]
         for dom in doms:
@@ -378,15 +496,22 @@ def cmd_enable(args, out, err):
                 else:
                     done = enable_mod.disable(dom, args.port_name)
                     state = "disabled" if any(k for _v, k, _p in done) else "was not enabled"
-                out.write("%s: %s (%s)\n" % (dom.name(), state, _describe(done, args.command)))
+                results.append({"domain": dom.name(), "ok": True, "state": state,
+                                "views": {item[0]: list(item[1]) for item in done}})
+                if not args.json:
+                    out.write("%s: %s (%s)\n" % (dom.name(), state, _describe(done, args.command)))
             except enable_mod.CannotChange as exc:
                 err.write("hostkvctl: %s\n" % exc)
+                results.append({"domain": dom.name(), "ok": False, "error": str(exc)})
                 code = EXIT_FAILED
             except libvirt.libvirtError as exc:
                 err.write("hostkvctl: %s: libvirt: %s\n" % (dom.name(), exc.get_error_message()))
+                results.append({"domain": dom.name(), "ok": False, "error": exc.get_error_message()})
                 code = EXIT_FAILED
     finally:
         conn.close()
+    if args.json:
+        _report(args, out, {"ok": code == EXIT_OK, "command": args.command, "domains": results}, None)
     return code
 
 
@@ -395,6 +520,7 @@ def main(argv=None, out=None, err=None):
     err = err or sys.stderr
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)   # usage errors exit 2
+    args.connect = paths.libvirt_uri(args.connect)
     try:
         if os.geteuid() != 0:
             raise Failure(EXIT_NOT_ROOT, "hostkvctl must run as root")
@@ -404,7 +530,13 @@ def main(argv=None, out=None, err=None):
             return cmd_host(args, out)
         if args.command == "vm":
             return cmd_vm(args, out, err)
+        if args.command == "reload":
+            return cmd_reload(args, out)
+        if args.command == "check":
+            return cmd_check(args, out)
         return cmd_enable(args, out, err)
     except Failure as exc:
         err.write("hostkvctl: %s\n" % exc)
+        if getattr(args, "json", False):
+            _report(args, out, {"ok": False, "error": str(exc), "exit": exc.code}, None)
         return exc.code

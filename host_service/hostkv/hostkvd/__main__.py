@@ -4,7 +4,8 @@
             [--connect URI] [--port-name org.hostkv.0] [--control-socket PATH] [--host-id ID]
 
 With --channel/--channel-dir it serves exactly those sockets (plain QEMU); otherwise it follows
-libvirt (default URI qemu:///system) and serves every domain that has the hostkv channel.
+libvirt (--connect, else $LIBVIRT_DEFAULT_URI, else qemu:///system: hostkvctl's rule) and serves
+every domain that has the hostkv channel.
 SIGHUP reloads the config and pushes changes; SIGTERM/SIGINT stop.  Exit status: 0 on a clean
 stop, 1 on a bad config or option (the message names the file and line).
 """
@@ -17,7 +18,7 @@ import signal
 import sys
 
 from hostkv import protocol
-from hostkv.common import paths
+from hostkv.common import paths, sd_notify
 from hostkv.hostkvd import VERSION, config, control
 from hostkv.hostkvd.daemon import Hostkvd
 from hostkv.hostkvd.sources.explicit import ExplicitSource
@@ -50,10 +51,14 @@ def parse_args(argv):
                    help="a guest channel socket to serve (repeatable; disables libvirt mode)")
     p.add_argument("--channel-dir", action="append", default=[], metavar="DIR",
                    help="serve every socket in DIR (rescanned; disables libvirt mode)")
-    p.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default %s)" % paths.LIBVIRT_URI)
+    p.add_argument("--connect", default=None, metavar="URI",
+                   help="libvirt URI (default $LIBVIRT_DEFAULT_URI, else %s)" % paths.LIBVIRT_URI)
     p.add_argument("--port-name", default=protocol.DEFAULT_PORT_NAME)
     p.add_argument("--control-socket", default=control.DEFAULT_PATH)
     p.add_argument("--host-id", default=None)
+    p.add_argument("--state-dir", default=os.environ.get("STATE_DIRECTORY") or None, metavar="DIR",
+                   help="cache libvirt's host id here (default $STATE_DIRECTORY, set by systemd's "
+                        "StateDirectory=; none: no cache)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version="hostkvd %s" % VERSION)
     return p.parse_args(argv)
@@ -65,11 +70,12 @@ def make_source(args, daemon=None):
     if args.channel or args.channel_dir:
         return ExplicitSource(args.channel, args.channel_dir)
     from hostkv.hostkvd.sources.libvirt_source import LibvirtSource  # needs libvirt-python
-    uri = args.connect or paths.LIBVIRT_URI
+    uri = paths.libvirt_uri(args.connect)
     if daemon is not None:
         from hostkv.hostkvd.metadata_writer import MetadataWriter
         daemon.metadata_writer = MetadataWriter(uri)
-    return LibvirtSource(uri, port_name=args.port_name)
+    return LibvirtSource(uri, port_name=args.port_name,
+                         set_host_id=not args.host_id, state_dir=args.state_dir)
 
 
 async def serve(args):
@@ -86,8 +92,11 @@ async def serve(args):
     source_task = asyncio.ensure_future(source.run(daemon))
     log.info("hostkvd %s started: host_id %s, %d host key(s), source %s", VERSION, daemon.host_id,
              len(daemon.host_values), type(source).__name__)
+    # Type=notify: ready once the control socket answers (hostkvctl works from here on)
+    sd_notify.notify("READY=1", "STATUS=" + daemon.status_line())
     stop_task = asyncio.ensure_future(stop.wait())
     await asyncio.wait([source_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
+    sd_notify.notify("STOPPING=1")
     failed = source_task.done() and not source_task.cancelled() and source_task.exception()
     source_task.cancel()
     stop_task.cancel()

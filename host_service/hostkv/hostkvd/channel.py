@@ -8,6 +8,13 @@ Contract:
     reconnect is immediate and costs no wakeups); while it refuses, retries with exponential
     backoff (50 ms .. 2 s);
   * answers the guest's requests through :class:`hostkv.protocol.HostSession`;
+  * **serving** (``serving``) means connected AND the guest has spoken on this connection (any
+    complete frame: its hello/sync).  A connect alone proves nothing: when another client already
+    holds QEMU's socket, our connect succeeds only into QEMU's listen backlog and nothing we send
+    reaches the guest.  Until the guest speaks, status() says ``connected, guest silent for N s``;
+  * a snapshot that breaks a protocol limit is never sent (HostSession.push sends the guest a
+    ``snapshot-undeliverable`` error instead); ``undeliverable`` holds why until a snapshot goes out;
+  * ``on_change`` (if set) is called after every change of ``serving``/``undeliverable``;
   * :meth:`push` sends the current snapshot again (values changed); pushes never queue up: only the
     newest snapshot is sent once the socket can take it;
   * a misbehaving guest is throttled by not reading (token buckets on bytes and requests), its
@@ -61,6 +68,10 @@ class Channel(object):
         self.snapshot = None       # set by the daemon
         self._task = None
         self._connected = False
+        self.connected_at = None    # wall clock of the current connection
+        self.spoke_at = None        # wall clock of the guest's first frame on it (None: silent)
+        self.undeliverable = None   # why the current snapshot cannot be delivered (None: it can)
+        self.on_change = None
         self._out = collections.deque()
         self._out_bytes = 0
         self._push_wanted = False
@@ -106,11 +117,41 @@ class Channel(object):
     def connected(self):
         return self._connected
 
+    @property
+    def serving(self):
+        """Connected, the guest has spoken since the connect, and its snapshot can be delivered."""
+        return self._connected and self.spoke_at is not None and self.undeliverable is None
+
+    def describe(self, now=None):
+        """One line for humans: what this channel's state means for the guest."""
+        if self.state != "connected":
+            return {"penalty": "closed for bad frames (penalty)", "waiting": "waiting for QEMU's socket",
+                    "connecting": "connecting", "closed": "closed", "new": "starting"}.get(self.state, self.state)
+        if self.undeliverable:
+            return "undeliverable: %s" % self.undeliverable
+        if self.spoke_at is None:
+            return ("connected, guest silent for %.0f s (another client may hold the channel)"
+                    % ((now or time.time()) - (self.connected_at or time.time())))
+        return "serving"
+
+    def _changed(self):
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _pushed(self, err):
+        """After every push: remember whether the snapshot went out (HostSession.push's result)."""
+        why = str(err) if err is not None else None
+        if why != self.undeliverable:
+            self.undeliverable = why
+            self._changed()
+
     def status(self):
         snap = self.snapshot
         return {
             "key": self.key, "label": self.label, "path": self.path, "state": self.state,
-            "connected": self._connected, "agent": self.session.agent,
+            "connected": self._connected, "serving": self.serving, "connected_at": self.connected_at,
+            "guest_spoke_at": self.spoke_at, "undeliverable": self.undeliverable,
+            "describe": self.describe(), "agent": self.session.agent,
             "protocol_version": self.session.version, "generation": snap.generation if snap else None,
             "connects": self.connects, "pushes": self.pushes, "last_push": self.last_push,
             "requests": self.session.requests, "errors": self.session.errors, "refused": self.refused,
@@ -165,14 +206,18 @@ class Channel(object):
         self._connected = True
         self.state = "connected"
         self.connects += 1
+        self.connected_at = time.time()
+        self.spoke_at = None
         self._out.clear()
         self._out_bytes = 0
         self._push_wanted = False
         self._idle.set()
-        self.session.connect()
+        pushed = self.session.connect()
         writer.write(self.session.data_to_send())
+        self._pushed(pushed)
         self.pushes += 1
         self.last_push = time.time()
+        self._changed()
         log.info("%s: connected to %s, snapshot pushed (generation %s)", self.label, self.path,
                  self.snapshot.generation if self.snapshot else "?")
         writer_task = asyncio.ensure_future(self._write_loop(writer))
@@ -186,6 +231,10 @@ class Channel(object):
                     break
                 before, errors_before = self.session.requests, self.session.errors
                 events = self.session.receive(data)     # one event per guest frame handled
+                if events and self.spoke_at is None:
+                    self.spoke_at = time.time()
+                    log.info("%s: the guest spoke: serving", self.label)
+                    self._changed()
                 out = self.session.data_to_send()
                 if out:
                     self._queue(out)
@@ -203,6 +252,7 @@ class Channel(object):
             return False
         finally:
             self._connected = False
+            self._changed()
             writer_task.cancel()
             try:
                 await writer_task
@@ -240,7 +290,7 @@ class Channel(object):
                 while self._out or self._push_wanted:
                     if self._push_wanted:
                         self._push_wanted = False
-                        self.session.push()
+                        self._pushed(self.session.push())
                         data = self.session.data_to_send()
                         self.pushes += 1
                         self.last_push = time.time()

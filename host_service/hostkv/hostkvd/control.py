@@ -8,6 +8,11 @@ Requests and replies (one JSON object per line; replies always carry ``ok``):
   {"op": "host-set", "values": {"host.k": "v"}} -> {"ok": true, "message": "..."}
   {"op": "host-unset", "keys": ["host.k"]}      -> {"ok": true, "message": "..."}
   {"op": "reload"}                              -> {"ok": bool, "message": "..."}
+  {"op": "check-vm", "key": "<uuid>", "label": "web1", "values": {"vm.k": "v"}}
+                                                -> {"ok": bool, "message"/"error": "..."}
+     (would these vm.* keys, with the host's, make a deliverable snapshot? hostkvctl vm set asks
+     before it writes; ``key``/``label`` only name the guest in the answer)
+host-set/host-unset/reload replies also carry ``pushed``: the served guests that got the change.
 Errors: {"ok": false, "error": "<readable message>"}.
 """
 
@@ -101,13 +106,23 @@ class ControlServer(object):
                 return {"ok": True, "status": self.daemon.status()}
             if op == "reload":
                 ok, message = self.daemon.reload_config()
-                return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
+                return self._result(ok, message)
             if op == "host-set":
                 values = request.get("values")
                 if not isinstance(values, dict) or not values:
                     raise ValueError("host-set needs a non-empty 'values' object")
                 ok, message = self.daemon.set_host_keys(values, ())
-                return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
+                return self._result(ok, message)
+            if op == "check-vm":
+                values = request.get("values")
+                if not isinstance(values, dict):
+                    raise ValueError("check-vm needs a 'values' object")
+                label = str(request.get("label") or request.get("key") or "the guest")[:200]
+                err = self.daemon.vm_values_problem(values)
+                if err is not None:
+                    return {"ok": False, "error": "refused, nothing changed: it would put %s over a limit: %s"
+                            % (label, err)}
+                return {"ok": True, "message": "%s: deliverable" % label}
             if op == "host-unset":
                 keys = request.get("keys")
                 if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
@@ -116,7 +131,12 @@ class ControlServer(object):
                 if unknown:
                     raise ValueError("not set in %s: %s" % (self.daemon.config_path, ", ".join(unknown)))
                 ok, message = self.daemon.set_host_keys(None, keys)
-                return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
+                return self._result(ok, message)
             raise ValueError("unknown op %r" % (op,))
         except (ValueError, UnicodeDecodeError, protocol.ProtocolError, config.ConfigError, OSError) as err:
             return {"ok": False, "error": str(err)}
+
+    def _result(self, ok, message):
+        if ok:
+            return {"ok": True, "message": message, "pushed": self.daemon.last_pushed}
+        return {"ok": False, "error": message}

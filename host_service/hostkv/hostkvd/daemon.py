@@ -10,9 +10,19 @@ guest only.
 
 ``generation`` comes from one counter per daemon, seeded from the wall clock in milliseconds, so
 it grows across daemon restarts too; compare generations only within one ``host_id``.
+
+Limits (docs/PROTOCOL.md): a snapshot over a protocol limit is never sent.  ``host set`` and the
+``check-vm`` control op refuse up front a change that would put a guest over one (naming each
+guest); what cannot be refused up front (a config reload, metadata edited by hand) makes that
+guest's channel ``undeliverable``: logged once per guest and reason, shown in status, the guest
+told (HostSession.push), and never counted in "pushed to N guest(s)".
+
+systemd: :meth:`status_line` ("serving 12 guests; libvirt up") is sent as ``STATUS=`` whenever it
+changes (hostkv.common.sd_notify; a no-op outside systemd).
 """
 
 import asyncio
+import copy
 import logging
 import os
 import socket
@@ -20,6 +30,7 @@ import time
 import uuid
 
 from hostkv import protocol
+from hostkv.common import entries, sd_notify
 from hostkv.hostkvd import VERSION, config, hostvalues, keysources, policy
 from hostkv.hostkvd.channel import Channel
 
@@ -36,6 +47,26 @@ def derived_host_id(hostname=None, machine_id_path="/etc/machine-id"):
     except OSError:
         machine_id = ""
     return str(uuid.uuid5(HOST_ID_NAMESPACE, "%s/%s" % (machine_id, hostname or socket.gethostname())))
+
+
+def snapshot_problem(snap):
+    """The ProtocolError that keeps ``snap`` from being sent (HostSession.push's checks), or None."""
+    try:
+        protocol.validate_host_id(snap.host_id)
+        protocol.validate_values(snap.values)
+        protocol.encode(snap.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
+    except protocol.ProtocolError as err:
+        return err
+    return None
+
+
+def check_host_values(values):
+    """Refuse host values that would make a snapshot over the protocol limits (before any vm.*
+    keys: those are checked per guest); returns ``values``.  ``hostkvctl check`` uses it too."""
+    probe = protocol.Snapshot("x" * protocol.MAX_HOST_ID_BYTES, 2 ** 53, dict(values))
+    protocol.validate_values(probe.values)
+    protocol.encode(probe.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
+    return values
 
 
 class Hostkvd(object):
@@ -55,6 +86,10 @@ class Hostkvd(object):
         self.channels = {}
         self.started = time.time()
         self._generation = int(time.time() * 1000)
+        self.source_status = None     # the channel source's own state (LibvirtSource.status())
+        self.last_pushed = 0          # guests the last reload/host set reached
+        self._status_line = None
+        self._logged_undeliverable = {}   # key -> reason logged (once per guest and reason)
 
     # ------------------------------------------------------------------ identity
 
@@ -82,6 +117,7 @@ class Hostkvd(object):
             if meta is not None:
                 self.guest_meta[key] = meta
             channel = Channel(key, path, lambda: channel.snapshot, label, self.server_name)
+            channel.on_change = self._channel_changed
             self.channels[key] = channel
             if vm_values:
                 channel.vm_values = self._checked_vm_values(key, vm_values, {})
@@ -89,6 +125,7 @@ class Hostkvd(object):
             log.info("%s: serving %s", channel.label, path)
             channel.start()
             self.keysources.guests_changed()
+            self.update_status()
             return channel
         if label:
             channel.label = label
@@ -104,8 +141,10 @@ class Hostkvd(object):
         self.guest_meta.pop(key, None)
         if channel is not None:
             log.info("%s: no longer served", channel.label)
+            self._logged_undeliverable.pop(key, None)
             await channel.close()
             self.keysources.guests_changed()
+            self.update_status()
 
     def set_vm_values(self, key, values, meta=None):
         """Replace the guest's vm.* keys (and its metadata, if given); pushes to that guest only,
@@ -150,12 +189,34 @@ class Hostkvd(object):
             self.privacy = policy.Privacy(new_config.opaque_host_id)
         self.keysources.apply(new_config.keysources)
         pushed = self._refresh_all()
-        log.info("config reloaded from %s: %s, pushed to %d guest(s)", self.config_path,
-                 "host values changed" if changed else "no change", pushed)
-        return True, "reloaded; pushed to %d guest(s)" % pushed
+        stuck = sorted(str(ch.label) for ch in self.channels.values() if ch.undeliverable)
+        note = ("; undeliverable to %d guest(s) (over a limit: see hostkvctl status): %s"
+                % (len(stuck), ", ".join(stuck))) if stuck else ""
+        log.info("config reloaded from %s: %s, pushed to %d guest(s)%s", self.config_path,
+                 "host values changed" if changed else "no change", pushed, note)
+        return True, "reloaded; pushed to %d guest(s)%s" % (pushed, note)
 
     def set_host_keys(self, set_values=None, unset=()):
-        """Persist host.* changes in the config file (atomically), then reload and push."""
+        """Persist host.* changes in the config file (atomically), then reload and push.
+
+        Refused, with nothing written, when the change would put any guest over a protocol limit
+        (the message names each guest and the limit)."""
+        for key, value in (set_values or {}).items():
+            entries.validate_entry(key, value, scope="host")
+        new_host = dict(self.config.host_values)
+        new_host.update(set_values or {})
+        for key in unset:
+            new_host.pop(key, None)
+        prospective = copy.copy(self.config)
+        prospective.host_values = new_host
+        try:
+            prospective_values = self._layered(prospective)[0]
+        except protocol.ProtocolError as err:
+            return False, "refused, nothing changed: %s" % err
+        over = self.guests_over_limit(prospective_values)
+        if over:
+            return False, ("refused, nothing changed: it would put %d guest(s) over a limit: %s"
+                           % (len(over), "; ".join("%s (%s)" % item for item in over)))
         config.update_host_keys(self.config_path, set_values, unset)
         return self.reload_config()
 
@@ -197,12 +258,26 @@ class Hostkvd(object):
         meta = self.guest_meta.get(key)
         return (meta.policy if meta is not None and meta.policy else None) or self.config.default_policy
 
+    def guests_over_limit(self, host_values=None, vm_values_of=None):
+        """``[(guest label, why)]``: the guests whose snapshot would break a protocol limit with
+        ``host_values`` (default: the current ones) and ``vm_values_of`` ({key: vm values})."""
+        host_values = self.host_values if host_values is None else host_values
+        over = []
+        for key, channel in sorted(self.channels.items(), key=lambda kv: str(kv[1].label)):
+            vm = (vm_values_of or {}).get(key, channel.vm_values)
+            err = self.vm_values_problem(vm, host_values)
+            if err is not None:
+                over.append((channel.label, str(err)))
+        return over
+
+    def vm_values_problem(self, vm_values, host_values=None):
+        """Why host values + ``vm_values`` cannot be one guest's snapshot, or None."""
+        values = dict(self.host_values if host_values is None else host_values)
+        values.update(vm_values)
+        return snapshot_problem(protocol.Snapshot(self.host_id, 2 ** 53, values))
+
     def _check_host_values(self, values):
-        """Refuse host values that would make a snapshot over the protocol limits."""
-        probe = protocol.Snapshot("x" * protocol.MAX_HOST_ID_BYTES, 2 ** 53, dict(values))
-        protocol.validate_values(probe.values)
-        protocol.encode(probe.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
-        return values
+        return check_host_values(values)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -219,18 +294,71 @@ class Hostkvd(object):
         if old is not None and old.values == values and old.host_id == host_id:
             return False
         snap = protocol.Snapshot(host_id, self._next_generation(), values)
-        try:
-            protocol.encode(snap.to_frame(), protocol.MAX_SNAPSHOT_BYTES)
-        except protocol.ProtocolError as err:
-            log.error("%s: snapshot refused, keeping the previous one: %s", channel.label, err)
-            return False
+        err = snapshot_problem(snap)
+        was = channel.undeliverable
+        if err is not None:
+            # never sent: the guest is told (HostSession.push) instead of keeping old values as current
+            if self._logged_undeliverable.get(channel.key) != str(err):
+                self._logged_undeliverable[channel.key] = str(err)
+                log.error("%s: snapshot undeliverable, the guest is told its values are stale: %s",
+                          channel.label, err)
+            channel.undeliverable = str(err)
+        else:
+            if self._logged_undeliverable.pop(channel.key, None) is not None:
+                log.info("%s: snapshot deliverable again", channel.label)
+            channel.undeliverable = None
         channel.snapshot = snap
         if push:
             channel.push()
-        return True
+        if channel.undeliverable != was:
+            self.update_status()
+        return err is None
 
     def _refresh_all(self):
-        return sum(1 for ch in list(self.channels.values()) if self._refresh(ch) and ch.connected)
+        """Refresh every guest; returns how many served guests got a new snapshot."""
+        changed = [ch for ch in list(self.channels.values()) if self._refresh(ch)]
+        self.last_pushed = sum(1 for ch in changed if ch.serving)
+        return self.last_pushed
+
+    # ------------------------------------------------------------------ state for humans and systemd
+
+    def set_source_status(self, status):
+        """The channel source's state (LibvirtSource: libvirt up/down since, unusable channels)."""
+        self.source_status = status
+        self.update_status()
+
+    def _channel_changed(self, _channel):
+        self.update_status()
+
+    def status_line(self):
+        """One line: ``serving 12 guests; libvirt up`` (+ silent/undeliverable counts, outage)."""
+        chans = list(self.channels.values())
+        serving = sum(1 for ch in chans if ch.serving)
+        line = "serving %d guest%s" % (serving, "" if serving == 1 else "s")
+        silent = sum(1 for ch in chans if ch.connected and ch.spoke_at is None)
+        undeliverable = sum(1 for ch in chans if ch.undeliverable)
+        extra = [("%d silent" % silent) if silent else None,
+                 ("%d undeliverable" % undeliverable) if undeliverable else None,
+                 ("%d not connected" % (len(chans) - serving - silent - undeliverable))
+                 if len(chans) - serving - silent - undeliverable > 0 else None]
+        extra = [e for e in extra if e]
+        if extra:
+            line += " (%s)" % ", ".join(extra)
+        src = self.source_status
+        if src:
+            if src.get("state") == "down":
+                line += "; libvirt down since %s" % time.strftime("%H:%M:%S", time.localtime(src["since"]))
+            else:
+                line += "; libvirt %s" % src.get("state")
+            if src.get("unusable"):
+                line += "; %d unusable channel(s)" % len(src["unusable"])
+        return line
+
+    def update_status(self):
+        line = self.status_line()
+        if line != self._status_line:
+            self._status_line = line
+            sd_notify.notify("STATUS=" + line)
 
     def status(self):
         channels = []
@@ -245,6 +373,7 @@ class Hostkvd(object):
             "default_policy": self.config.default_policy,
             "keysources": self.keysources.status(),
             "channels": channels,
+            "source": self.source_status, "status_line": self.status_line(), "now": time.time(),
         }
 
     def _guest_status(self, channel):

@@ -5,9 +5,16 @@
   * registers libvirt's event loop on hostkvd's asyncio loop (``libvirtaio``) before it opens the
     connection, so libvirt events and keepalives are handled on the daemon's own loop; every libvirt
     call is made from that loop's thread (libvirtaio is not thread-safe);
-  * opens ``uri`` read-only, sets the host id to libvirt's host UUID (unless ``set_host_id`` is
-    False, i.e. the operator gave one), enumerates the running domains and follows lifecycle,
+  * opens ``uri`` read-only, enumerates the running domains and follows lifecycle,
     metadata-change and device-added/removed events;
+  * the host id is libvirt's host UUID (unless ``set_host_id`` is False, i.e. the operator gave
+    one).  ``getCapabilities()`` can take seconds (QEMU capability probing: 7.6-8.2 s were seen),
+    and libvirt calls are synchronous on our loop, so it is never called there: a child process
+    asks for it (:func:`host_uuid_child`) while the loop keeps serving.  The answer is cached in
+    ``state_dir`` (hostkvd: ``--state-dir``, else systemd's ``$STATE_DIRECTORY``), so after a
+    restart or reconnect the channels are served at once with the cached id, checked in the
+    background (a different answer re-pushes).  Only the very first start without a cache waits
+    for the answer before serving domains (never a made-up id that would then flip);
   * for each domain it "refreshes": reads the LIVE XML (the channel socket path changes on every
     start, restore and migration), and if the domain has a unix channel named ``port_name`` calls
     ``daemon.add_channel(uuid, path, vm_values, label=name)`` and ``daemon.set_vm_values``;
@@ -19,19 +26,30 @@
   * when the connection closes (libvirtd restarted, died, or stopped answering keepalives) it
     reconnects with backoff, then re-enumerates and re-registers.  Channels stay connected
     meanwhile: they only depend on QEMU.  Before each (re)connect a child process checks that
-    libvirtd answers at all (:func:`probe`), so a hung libvirtd cannot stall the loop in ``open``.
+    libvirtd answers at all (:func:`probe`), so a hung libvirtd cannot stall the loop in ``open``;
+    for a local URI whose daemon socket does not accept a connection at all (libvirtd stopped) the
+    probe is skipped (:func:`socket_refuses`): a long outage costs no child process per retry;
+  * an outage is logged once when it starts (WARNING) and once when it ends (INFO, with its
+    length); the retries in between log at DEBUG only.  The connection's state ("up", "down" with
+    since/why, "connecting") and every domain whose channel cannot be served (and why) are handed
+    to ``daemon.set_source_status`` for ``hostkvctl status`` and systemd's STATUS= line.
 
 Channel keys are the domain UUID strings, labels the domain names.
 """
 
 import asyncio
+import json
 import logging
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 
 from hostkv import protocol
-from hostkv.common import domain_xml, paths
+from hostkv.common import atomic, domain_xml, paths
 
 log = logging.getLogger("hostkvd.libvirt")
 
@@ -67,6 +85,78 @@ def probe(uri, timeout=PROBE_TIMEOUT):
     return None
 
 
+def local_sockets(uri):
+    """The unix socket paths a local ``qemu://``/``qemu+unix://`` system URI may use (libvirt's
+    remote driver: ``?socket=``, else the modular virtqemud's socket, else libvirtd's), or None
+    when the URI is not one of those (then nothing is assumed and the probe always runs)."""
+    try:
+        parsed = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return None
+    if parsed.scheme not in ("qemu", "qemu+unix") or parsed.netloc:
+        return None
+    query = urllib.parse.parse_qs(parsed.query)
+    if query.get("socket"):
+        return [query["socket"][0]]
+    if parsed.path != "/system":
+        return None
+    # libvirt's remote driver: the modular daemon's socket when it exists, else libvirtd's
+    modular = "/run/libvirt/virtqemud-sock"
+    return [modular] if os.path.exists(modular) else ["/run/libvirt/libvirt-sock"]
+
+
+def socket_refuses(uri):
+    """True when no daemon socket of local ``uri`` accepts a connection (libvirt is down for sure:
+    no probe needed); False when one accepts or the URI's sockets are not known."""
+    paths_ = local_sockets(uri)
+    if not paths_:
+        return False
+    for path in paths_:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+            return False
+        except BlockingIOError:     # the backlog is full: something is listening
+            return False
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return True
+
+
+_HOST_UUID = """
+import sys, libvirt
+libvirt.registerErrorHandler(lambda c, e: None, None)
+try:
+    conn = libvirt.openReadOnly(sys.argv[1])
+    sys.stdout.write(conn.getCapabilities())
+    conn.close()
+except libvirt.libvirtError as err:
+    sys.stderr.write(err.get_error_message() or "error")
+    sys.exit(1)
+"""
+HOST_ID_TIMEOUT = 300.0
+HOST_ID_CACHE = "libvirt-host-id.json"
+
+
+def host_uuid_child(uri, timeout=HOST_ID_TIMEOUT):
+    """``(uuid, None)`` from libvirt's capabilities, asked in a child process, or ``(None, why)``
+    (blocking: run it in an executor thread; no libvirt call happens in that thread)."""
+    try:
+        res = subprocess.run([sys.executable, "-c", _HOST_UUID, uri], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "getCapabilities() did not answer within %.0f s" % timeout
+    except OSError as err:
+        return None, "cannot run the capabilities child: %s" % err
+    if res.returncode != 0:
+        return None, res.stderr.decode("utf-8", "replace").strip()[:300] or "failed (%d)" % res.returncode
+    uuid = host_uuid_from_capabilities(res.stdout.decode("utf-8", "replace"))
+    return (uuid, None) if uuid else (None, "no /capabilities/host/uuid")
+
+
 def ensure_event_impl(loop=None):
     """Register libvirtaio as libvirt's event implementation on ``loop`` (once per process).
 
@@ -93,8 +183,11 @@ class LibvirtSource(object):
     """Serves the hostkv channel of every running libvirt domain that has one (module docstring)."""
 
     def __init__(self, uri=paths.LIBVIRT_URI, port_name=protocol.DEFAULT_PORT_NAME, set_host_id=True,
-                 backoff_min=0.2, backoff_max=5.0, probe_timeout=PROBE_TIMEOUT):
+                 backoff_min=0.2, backoff_max=5.0, probe_timeout=PROBE_TIMEOUT, state_dir=None):
         self.uri = uri
+        self.state_dir = state_dir   # where the libvirt host id is cached (None: no cache)
+        self._host_id_ready = None   # asyncio.Event: refreshes wait for it (see the module doc)
+        self._host_id_task = None
         self.probe_timeout = probe_timeout   # 0/None: no probe before connecting
         self.port_name = port_name
         self.set_host_id = set_host_id
@@ -109,18 +202,34 @@ class LibvirtSource(object):
         self._callback_ids = []
         self._pending = {}        # uuid -> refresh task
         self._dirty = set()
+        self.state = "connecting"  # "up" | "down" | "connecting"
+        self.since = time.time()  # when the state began (wall clock)
+        self.why = None           # the reason of a "down"
+        self.unusable = {}        # uuid -> (domain name, why its channel cannot be served)
 
     # ------------------------------------------------------------ main loop
     async def run(self, daemon):
         import libvirt
         self._daemon = daemon
+        self._host_id_ready = asyncio.Event()
+        if not self.set_host_id:
+            self._host_id_ready.set()
+        else:
+            cached = self._cached_host_id()
+            if cached:
+                log.info("libvirt %s: host id %s (cached; checked once connected)", self.uri, cached)
+                self._daemon.set_host_id(cached)
+                self._host_id_ready.set()
         ensure_event_impl(asyncio.get_event_loop())
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
         delay = self.backoff_min
+        self._set_state("connecting")
         try:
             while True:
                 problem = None
-                if self.probe_timeout:
+                if socket_refuses(self.uri):
+                    problem = "no libvirt daemon accepts connections at %s" % " or ".join(local_sockets(self.uri))
+                elif self.probe_timeout:
                     problem = await asyncio.get_event_loop().run_in_executor(
                         None, probe, self.uri, self.probe_timeout)
                 if problem is None:
@@ -129,13 +238,25 @@ class LibvirtSource(object):
                     except libvirt.libvirtError as err:
                         problem = err.get_error_message()
                 if problem is not None:
-                    log.warning("libvirt %s: cannot connect (%s); retrying in %.1fs", self.uri, problem, delay)
+                    if self.state != "down":
+                        log.warning("libvirt %s: down (%s); guests already served stay served; "
+                                    "retrying quietly", self.uri, problem)
+                        self._set_state("down", problem)
+                    else:
+                        log.debug("libvirt %s: still down (%s); retrying in %.1fs", self.uri, problem, delay)
+                        if problem != self.why:
+                            self.why = problem
+                            self._publish()
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
                     continue
+                if self.state == "down":
+                    log.info("libvirt %s: up again after %.0f s down", self.uri, time.time() - self.since)
+                self._set_state("up")
                 connected_at = asyncio.get_event_loop().time()
                 await self._closed.wait()
                 log.warning("libvirt %s: connection lost; reconnecting (guests stay served)", self.uri)
+                self._set_state("down", "connection lost")
                 self._drop_connection()
                 if asyncio.get_event_loop().time() - connected_at > STABLE_SECONDS:
                     delay = self.backoff_min    # a flapping libvirtd keeps the growing delay
@@ -143,10 +264,29 @@ class LibvirtSource(object):
                     await asyncio.sleep(delay)
                     delay = min(self.backoff_max, delay * 2)
         finally:
+            if self._host_id_task is not None:
+                self._host_id_task.cancel()
             for task in list(self._pending.values()):
                 task.cancel()
             self._drop_connection()
             await self._drain()
+
+    def _set_state(self, state, why=None):
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.why = state, why
+        self._publish()
+
+    def status(self):
+        """What ``hostkvctl status`` shows about libvirt (JSON-able)."""
+        return {"source": "libvirt", "uri": self.uri, "state": self.state, "since": self.since,
+                "why": self.why, "unusable": [{"domain": name, "uuid": uuid, "why": why}
+                                              for uuid, (name, why) in sorted(self.unusable.items())]}
+
+    def _publish(self):
+        setter = getattr(self._daemon, "set_source_status", None)
+        if setter is not None:
+            setter(self.status())
 
     @staticmethod
     async def _drain(timeout=2.0):
@@ -158,6 +298,46 @@ class LibvirtSource(object):
             await asyncio.wait_for(asyncio.shield(impl.drain()), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
+
+    # ------------------------------------------------------------ host id
+    def _cache_path(self):
+        return os.path.join(self.state_dir, HOST_ID_CACHE) if self.state_dir else None
+
+    def _cached_host_id(self):
+        path = self._cache_path()
+        if not path:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            if doc.get("uri") == self.uri:
+                return protocol.validate_host_id(doc.get("host_id"))
+        except (OSError, ValueError, AttributeError, protocol.ProtocolError):
+            pass
+        return None
+
+    async def _learn_host_id(self):
+        """Ask libvirt for its host UUID off the loop; cache it; hand it to the daemon."""
+        try:
+            uuid, why = await asyncio.get_event_loop().run_in_executor(None, host_uuid_child, self.uri)
+            if uuid is None:
+                log.warning("libvirt %s: no host UUID (%s); %s", self.uri, why,
+                            "keeping the cached one" if self._host_id_ready.is_set() else "using a derived host id")
+                return
+            try:
+                self._daemon.set_host_id(uuid)
+            except protocol.ProtocolError as err:
+                log.warning("libvirt %s: unusable host UUID %r: %s", self.uri, uuid[:80], err)
+                return
+            path = self._cache_path()
+            if path and self._cached_host_id() != uuid:
+                try:
+                    atomic.write_atomic(path, json.dumps({"uri": self.uri, "host_id": uuid}) + "\n",
+                                        mode=0o644, makedirs=True)
+                except OSError as err:
+                    log.warning("cannot cache the host id in %s: %s", path, err)
+        finally:
+            self._host_id_ready.set()
 
     async def _connect(self):
         import libvirt
@@ -177,10 +357,8 @@ class LibvirtSource(object):
                 ids.append(conn.domainEventRegisterAny(None, event_id, cb, None))
             self._callback_ids = ids
             self.conn = conn
-            if self.set_host_id:
-                host_id = host_uuid_from_capabilities(conn.getCapabilities())
-                if host_id:
-                    self._daemon.set_host_id(host_id)
+            if self.set_host_id and (self._host_id_task is None or self._host_id_task.done()):
+                self._host_id_task = asyncio.ensure_future(self._learn_host_id())
             running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except BaseException:
             self.conn = conn
@@ -241,6 +419,8 @@ class LibvirtSource(object):
 
     async def _refresh_task(self, uuid):
         try:
+            if self._host_id_ready is not None:
+                await self._host_id_ready.wait()    # only the first start without a cache waits
             while True:
                 self._dirty.discard(uuid)
                 await self.refresh(uuid)
@@ -281,6 +461,12 @@ class LibvirtSource(object):
         """Serve or stop serving domain ``uuid`` according to its LIVE ``xml``."""
         name = domain_xml.domain_identity(xml)[0]
         path, problem = domain_xml.channel_socket_path(xml, self.port_name)
+        if (self.unusable.get(uuid) or (None, None))[1] != problem:
+            if problem:
+                self.unusable[uuid] = (name, problem)
+            else:
+                self.unusable.pop(uuid, None)
+            self._publish()
         if path is None:
             if problem:
                 self._report(uuid, "domain %s: %s" % (name, problem))
@@ -295,6 +481,9 @@ class LibvirtSource(object):
         self._daemon.add_channel(uuid, path, vm_values=values, label=name, meta=meta)
 
     async def _remove(self, uuid, why):
+        if uuid in self.unusable and why in ("not running", "gone from this host"):
+            del self.unusable[uuid]
+            self._publish()
         if uuid in self.served:
             log.info("no longer serving domain %s (%s): %s", self.served[uuid], uuid, why)
             del self.served[uuid]
