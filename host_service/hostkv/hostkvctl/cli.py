@@ -467,14 +467,6 @@ def _describe(view_results, verb):
     return "; ".join(parts) if parts else "no live or persistent definition"
 
 
-def line_value(value):
-    """How a value is spelled on a ``KEY=VALUE`` line: as is when that reads back unchanged, else
-    one JSON string (a newline, CR, control or leading quote/space can never split or blur a line).
-    The same spelling as hostkvd.conf's values (hostkvd.config.format_value)."""
-    from hostkv.hostkvd.config import format_value
-    return format_value(value) if value != "" else ""
-
-
 def cmd_enable(args, out, err):
     import libvirt
     if bool(args.domains) == bool(args.all):
