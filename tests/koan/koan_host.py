@@ -41,6 +41,13 @@ class KoanLibvirtHost(LibvirtHost):
 
     NAMESPACES = ("-m", "-u", "-n")     # + its own network namespace
 
+    def __init__(self, name, basedir, **kwargs):
+        # EL8's monolithic libvirtd: virt-install (koan runs it) needs libvirt's storage driver to
+        # place the disk, which the modular layout would serve from virtstoraged - not among the
+        # modular daemons scripts/build-virtqemud.sh builds (virtqemud, virtproxyd)
+        kwargs.setdefault("layout", "monolithic")
+        super(KoanLibvirtHost, self).__init__(name, basedir, **kwargs)
+
     def _prepare_dirs(self):
         super(KoanLibvirtHost, self)._prepare_dirs()
         # libvirt's per-domain /dev namespace cannot "move" the file bind-mounted over /dev/kvm
