@@ -83,7 +83,7 @@ def test_cli_and_xmlrpc_edits_reach_the_running_guest(live, pair):
     assert "cobbler: %s ok" % live.cobbler.api_url in text, text
     assert 'host.dc = "fra1"  (cobbler)' in text and 'host.row = "1"  (config)' in text, text
     assert "host record: hostkv-test-a -> host.dc" in text, text
-    assert re.search(r"cl-g1 .*\n +policy all \(host default\); vm keys: 3 cobbler; linked: cobbler system=web1",
+    assert re.search(r"\n +cl-g1: policy all \(host default\); vm keys: 3 cobbler; linked: cobbler system=web1\n",
                      text), text
 
 
