@@ -229,8 +229,9 @@ def test_hostkv_completes_commands_options_and_published_keys(installed, run_dir
 
 def test_hostkvctl_completes_domains_from_libvirt(installed):
     """Domains from the real virsh: libvirt's test driver has one domain, "test"."""
-    assert complete(installed, "hostkvctl", "hostkvctl ") == ["disable", "enable", "host", "status", "vm"]
-    assert complete(installed, "hostkvctl", "hostkvctl vm ") == ["get", "set", "unset"]
+    assert complete(installed, "hostkvctl", "hostkvctl ") == ["check", "disable", "enable", "host", "reload",
+                                                             "status", "vm"]
+    assert complete(installed, "hostkvctl", "hostkvctl vm ") == ["get", "link", "policy", "set", "unlink", "unset"]
     line = "hostkvctl --connect test:///default vm set "
     assert complete(installed, "hostkvctl", line) == ["test"]
     assert complete(installed, "hostkvctl", line + "test ") == []            # then KEY=VALUE

@@ -286,7 +286,7 @@ def test_units_catch_a_broken_unit(installed, tmp_path):
 
 def test_agent_unit_content(installed):
     u = parse_unit(installed / "usr/lib/systemd/system/hostkv-agent.service")
-    assert u[("Service", "Type")] == ["simple"]
+    assert u[("Service", "Type")] == ["notify"] and u[("Service", "NotifyAccess")] == ["main"]
     assert u[("Service", "Restart")] == ["always"]
     assert u[("Service", "ExecStart")] == ["/usr/sbin/hostkv-agent"]
     # hooks run as the agent's children and must be able to act like any root script
