@@ -320,3 +320,15 @@ def test_outage_is_logged_once_and_costs_no_probe_child_while_the_socket_refuses
     assert len(warnings) == 1 and "down (no libvirt daemon accepts connections" in warnings[0].getMessage()
     assert len(retries) >= 5 and probes == []
     assert states[-1]["state"] == "down" and states[-1]["since"] and dead in states[-1]["why"]
+
+
+@pytest.mark.parametrize("present, expect", [
+    ({"/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"}, ["/run/libvirt/virtqemud-sock"]),
+    # EL9 with virtqemud stopped: virtproxyd's libvirt-sock could only forward to the missing socket
+    ({"/run/libvirt/libvirt-sock", "/run/libvirt/virtproxyd-admin-sock"}, ["/run/libvirt/virtqemud-sock"]),
+    ({"/run/libvirt/libvirt-sock"}, ["/run/libvirt/libvirt-sock"]),                  # EL8: libvirtd
+])
+def test_local_sockets_follow_the_layout(monkeypatch, present, expect):
+    monkeypatch.setattr(libvirt_source.os.path, "exists", lambda p: p in present)
+    assert libvirt_source.local_sockets("qemu:///system") == expect
+    assert libvirt_source.local_sockets("qemu+unix:///system?socket=/x") == ["/x"]

@@ -92,8 +92,25 @@ def spawn_agent(base, device):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
 
 
+def _cli_nobody_can_run(run_dir):
+    """The CLI in a copy of the checkout's guest code that ``nobody`` can read (the checkout itself
+    may sit under a 0700 home, e.g. /root in CI's clean room), run by the system's python3 (the
+    agent is stdlib-only; the venv may be unreadable too)."""
+    top = os.path.join(os.path.dirname(run_dir), "code")
+    if not os.path.isdir(top):
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for part in ("protocol", "guest_agent"):
+            shutil.copytree(os.path.join(REPO, part), os.path.join(top, part), ignore=skip)
+        for root, dirs, files in os.walk(top):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o755 if root.endswith("bin") else 0o644)
+    return ["/usr/bin/python3", os.path.join(top, "guest_agent", "bin", "hostkv")]
+
+
 def as_nobody(run_dir, *args):
-    cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, HOSTKV] + list(args)
+    cmd = (["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+           + _cli_nobody_can_run(run_dir) + list(args))
     return subprocess.run(cmd, env={"PATH": "/usr/bin:/bin", "HOSTKV_RUN_DIR": run_dir},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
 

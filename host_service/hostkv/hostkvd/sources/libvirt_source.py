@@ -85,6 +85,9 @@ def probe(uri, timeout=PROBE_TIMEOUT):
     return None
 
 
+MODULAR_PROXY_ADMIN = "/run/libvirt/virtproxyd-admin-sock"   # exists only where virtproxyd runs
+
+
 def local_sockets(uri):
     """The unix socket paths a local ``qemu://``/``qemu+unix://`` system URI may use (libvirt's
     remote driver: ``?socket=``, else the modular virtqemud's socket, else libvirtd's), or None
@@ -102,7 +105,13 @@ def local_sockets(uri):
         return None
     # libvirt's remote driver: the modular daemon's socket when it exists, else libvirtd's
     modular = "/run/libvirt/virtqemud-sock"
-    return [modular] if os.path.exists(modular) else ["/run/libvirt/libvirt-sock"]
+    if os.path.exists(modular):
+        return [modular]
+    if os.path.exists(MODULAR_PROXY_ADMIN):
+        # EL9's modular layout with virtqemud (and its socket) gone: libvirt-sock is virtproxyd's,
+        # which can only forward to the missing virtqemud-sock - libvirt is down for sure
+        return [modular]
+    return ["/run/libvirt/libvirt-sock"]
 
 
 def socket_refuses(uri):
