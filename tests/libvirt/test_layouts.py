@@ -45,6 +45,9 @@ def test_layout_sockets_and_default_uri_inside_the_host(lv_pairs, layout):
     assert "Chosen UNIX sockname=/var/run/libvirt/%s-ro " % SOCKETS[layout] in probe.stderr, probe.stderr
     # hostkvd there was started with --connect qemu:///system and found libvirt through it
     a.hostkvds[-1].wait_log("qemu:///system: connected (host %s)" % a.hostname, timeout=60)
+    # libvirt's host UUID arrives from the capabilities child after the connection (issue 10.5)
+    lh.wait_for(lambda: a.hostkvds[-1].control({"op": "status"})["status"]["host_id"] == a.host_uuid,
+                60, what="hostkvd to learn libvirt's host UUID")
     # hostkvctl inside the host, default URI (no --connect)
     env = ["env", "PYTHONPATH=" + lh.PYTHONPATH]
     res = a.run_in_ns(env + [lh.PYTHON, "-m", "hostkv.hostkvctl", "--control-socket",

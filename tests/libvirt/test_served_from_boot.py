@@ -28,7 +28,7 @@ def test_served_from_boot_and_vm_set_reaches_only_that_guest(lv_hosts, guests):
 
     status = a.hostkvctl(["status"], check=True).stdout
     assert "host_id %s" % a.host_uuid in status and "host.hostname = \"%s\"" % a.hostname in status
-    assert [line.split()[:2] for line in status.splitlines() if line.startswith("  web1 ")] == [["web1", "connected"]]
+    assert [line.split()[:2] for line in status.splitlines() if line.startswith("  web1 ")] == [["web1", "serving"]]
     before = channels(a)["other1"]
     res = a.hostkvctl(["vm", "set", "web1", "vm.role=web", "tier=front"], check=True)
     sent = time.monotonic()

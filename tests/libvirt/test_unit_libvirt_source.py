@@ -322,13 +322,17 @@ def test_outage_is_logged_once_and_costs_no_probe_child_while_the_socket_refuses
     assert states[-1]["state"] == "down" and states[-1]["since"] and dead in states[-1]["why"]
 
 
-@pytest.mark.parametrize("present, expect", [
-    ({"/run/libvirt/virtqemud-sock", "/run/libvirt/libvirt-sock"}, ["/run/libvirt/virtqemud-sock"]),
-    # EL9 with virtqemud stopped: virtproxyd's libvirt-sock could only forward to the missing socket
-    ({"/run/libvirt/libvirt-sock", "/run/libvirt/virtproxyd-admin-sock"}, ["/run/libvirt/virtqemud-sock"]),
-    ({"/run/libvirt/libvirt-sock"}, ["/run/libvirt/libvirt-sock"]),                  # EL8: libvirtd
-])
-def test_local_sockets_follow_the_layout(monkeypatch, present, expect):
-    monkeypatch.setattr(libvirt_source.os.path, "exists", lambda p: p in present)
-    assert libvirt_source.local_sockets("qemu:///system") == expect
-    assert libvirt_source.local_sockets("qemu+unix:///system?socket=/x") == ["/x"]
+def test_a_proxy_with_no_qemu_daemon_behind_it_counts_as_down(tmp_path, monkeypatch):
+    """EL9 with virtqemud stopped: qemu:///system falls back to the legacy socket, virtproxyd's,
+    which can only forward to the missing virtqemud-sock; libvirtd's (EL8) does not count as down."""
+    import socket as socketlib
+    path = str(tmp_path / "libvirt-sock")
+    srv = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    monkeypatch.setattr(libvirt_source, "LEGACY_SOCKET", path)
+    monkeypatch.setattr(libvirt_source, "local_sockets", lambda uri: [path])
+    for comm, down in (("virtproxyd", True), ("libvirtd", False)):
+        monkeypatch.setattr(libvirt_source, "_peer_command", lambda sock, c=comm: c)
+        assert libvirt_source.socket_refuses("qemu:///system") is down
+    srv.close()

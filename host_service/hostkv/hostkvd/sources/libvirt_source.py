@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -85,7 +86,7 @@ def probe(uri, timeout=PROBE_TIMEOUT):
     return None
 
 
-MODULAR_PROXY_ADMIN = "/run/libvirt/virtproxyd-admin-sock"   # exists only where virtproxyd runs
+LEGACY_SOCKET = "/run/libvirt/libvirt-sock"      # libvirtd's (EL8), or virtproxyd's (EL9)
 
 
 def local_sockets(uri):
@@ -105,13 +106,7 @@ def local_sockets(uri):
         return None
     # libvirt's remote driver: the modular daemon's socket when it exists, else libvirtd's
     modular = "/run/libvirt/virtqemud-sock"
-    if os.path.exists(modular):
-        return [modular]
-    if os.path.exists(MODULAR_PROXY_ADMIN):
-        # EL9's modular layout with virtqemud (and its socket) gone: libvirt-sock is virtproxyd's,
-        # which can only forward to the missing virtqemud-sock - libvirt is down for sure
-        return [modular]
-    return ["/run/libvirt/libvirt-sock"]
+    return [modular] if os.path.exists(modular) else [LEGACY_SOCKET]
 
 
 def socket_refuses(uri):
@@ -125,7 +120,9 @@ def socket_refuses(uri):
         sock.setblocking(False)
         try:
             sock.connect(path)
-            return False
+            # EL9's modular layout with virtqemud (and its socket) gone: the legacy socket is
+            # virtproxyd's, which can only forward to the missing virtqemud-sock: down for sure
+            return path == LEGACY_SOCKET and _peer_command(sock) == "virtproxyd"
         except BlockingIOError:     # the backlog is full: something is listening
             return False
         except OSError:
@@ -133,6 +130,17 @@ def socket_refuses(uri):
         finally:
             sock.close()
     return True
+
+
+def _peer_command(sock):
+    """The command name of the process listening on connected unix socket ``sock`` (or None)."""
+    try:
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  struct.calcsize("3i")))[0]
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except (OSError, struct.error):
+        return None
 
 
 _HOST_UUID = """
