@@ -214,24 +214,30 @@ def test_unreachable_uri_retries_until_cancelled(env):
     run(scenario())
 
 
-@in_child
-def test_served_at_once_with_the_cached_host_id_while_capabilities_are_slow(env, tmp_path):
-    """Issue 10.5: getCapabilities() (seconds on a real host) never holds up serving: with a cached
-    host id the channels are added at once; libvirt's answer, asked off the loop, replaces the id
-    when it differs and is cached for the next start.  Here the capabilities child is slowed down
-    (a stand-in for it that sleeps 8 s): the real libvirtd case is not shown by this test."""
-    import json as _json
+def _slow_capabilities_child():
+    """Replace the capabilities child with one that answers "libvirt-id" only once released (or
+    after 8 s); returns (the release Event, the URIs it was asked for)."""
     import threading
-    conn, doms, daemon, _source = env
-    (tmp_path / libvirt_source.HOST_ID_CACHE).write_text(_json.dumps({"uri": URI, "host_id": "cached-id"}))
-    release = threading.Event()
-    asked = []
+    release, asked = threading.Event(), []
 
     def slow_host_uuid(uri, timeout=None):
         asked.append(uri)
         release.wait(8)
         return "libvirt-id", None
     libvirt_source.host_uuid_child = slow_host_uuid
+    return release, asked
+
+
+@in_child
+def test_served_at_once_with_the_cached_host_id_while_capabilities_are_slow(env, tmp_path):
+    """Issue 10.5: getCapabilities() (seconds on a real host) never holds up serving: with a cached
+    host id the channels are added at once; libvirt's answer, asked off the loop, replaces the id
+    when it differs and is cached for the next start.  Here the capabilities child is slowed down
+    (a stand-in for it that sleeps 8 s); tests/libvirt/test_slow_capabilities.py shows the real libvirtd case."""
+    import json as _json
+    conn, doms, daemon, _source = env
+    (tmp_path / libvirt_source.HOST_ID_CACHE).write_text(_json.dumps({"uri": URI, "host_id": "cached-id"}))
+    release, asked = _slow_capabilities_child()
     dom = conn.createXML(guest_xml("hk-slowcaps"), 0)
     doms.append(dom)
     source = LibvirtSource(URI, state_dir=str(tmp_path))
@@ -257,14 +263,8 @@ def test_served_at_once_with_the_cached_host_id_while_capabilities_are_slow(env,
 @in_child
 def test_first_start_without_a_cache_waits_for_libvirts_host_id(env, tmp_path):
     """No cache (first start): no guest is served under a made-up id that would flip later."""
-    import threading
     conn, doms, daemon, _source = env
-    release = threading.Event()
-
-    def slow_host_uuid(uri, timeout=None):
-        release.wait(8)
-        return "libvirt-id", None
-    libvirt_source.host_uuid_child = slow_host_uuid
+    release, _asked = _slow_capabilities_child()
     dom = conn.createXML(guest_xml("hk-nocache"), 0)
     doms.append(dom)
     source = LibvirtSource(URI, state_dir=str(tmp_path))

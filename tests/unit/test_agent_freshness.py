@@ -15,7 +15,7 @@ from hostkv.agent.model import Record
 from hostkv.agent.publish import Publisher
 
 from test_agent_support import Rig, wait_for
-from test_cli import hostkv
+from test_cli import hostkv, rig  # noqa: F401 - rig: the connected agent fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,16 +47,6 @@ def test_format_age_is_for_people():
     assert cli.format_age(5 * 3600 + 130) == "5 h 2 min"
     assert cli.format_age(96113507.5) == "1112 d 10 h"
     assert cli.format_age(-90).endswith("in the future (the clock changed?)")
-
-
-@pytest.fixture
-def rig(tmp_path):
-    r = Rig(tmp_path)
-    r.start()
-    r.host.connect()
-    r.wait_published(lambda d: d["connected"] and not d["stale"], "first snapshot")
-    yield r
-    r.stop()
 
 
 def test_status_json_carries_what_the_agent_knows_and_agrees_with_get(rig):
