@@ -105,6 +105,17 @@ class RealOsGuest(LibvirtGuest):
     def boot_id(self):
         return self.out("cat /proc/sys/kernel/random/boot_id")
 
+    def reboot(self, delay=2):
+        """``systemctl reboot`` in the guest, ``delay`` s after this call has its answer.
+
+        A plain ``sh("systemctl reboot")`` races the shutdown: systemd may stop the exec server
+        before it writes its reply (seen in CI: "no reply from the guest exec server within 75 s").
+        A transient timer (systemd-run) makes the reply come first; returns the old boot id."""
+        old = self.boot_id()
+        self.out("systemd-run --quiet --on-active=%d --timer-property=AccuracySec=100ms "
+                 "/bin/systemctl reboot" % delay)
+        return old
+
     def wait_booted(self, timeout=BOOT_TIMEOUT):
         """Wait for the exec server, then for systemd to finish starting up; returns seconds.
 

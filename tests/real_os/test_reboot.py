@@ -39,7 +39,7 @@ def test_reboot_publishes_cache_stale_then_fresh_nothing_half_written(realos_hos
 
     a.hostkvds[-1].stop()
     try:
-        g.sh("systemctl reboot")
+        g.reboot()
         lh.wait_for(lambda: g.exec.ping(3.0) and g.boot_id() != boot_id, 300, interval=1.0,
                     what="the guest to come back from the reboot")
         g.wait_booted()
