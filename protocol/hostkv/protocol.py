@@ -756,7 +756,9 @@ class GuestSession(object):
         return []
 
     def data_to_send(self):
-        data = b"".join(self._out)
+        # frames the session queued itself (hello, sync) are encoded here, not when queued: a
+        # sync started by a snapshot (a migration landed) then costs nothing before it is published
+        data = b"".join([encode(x, MAX_GUEST_FRAME_BYTES) if isinstance(x, dict) else x for x in self._out])
         self._out = []
         return data
 
@@ -889,4 +891,4 @@ class GuestSession(object):
         return InputDiscarded(err, hold)
 
     def _queue(self, frame):
-        self._out.append(encode(frame, MAX_GUEST_FRAME_BYTES))
+        self._out.append(frame)      # one of the session's own small frames: see data_to_send

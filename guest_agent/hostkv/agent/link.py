@@ -157,6 +157,7 @@ class Link(object):
         self._next_probe = None      # DISCONNECTED on a port that does not wake: probe then
         self._backoff = BACKOFF_MIN
         self._more = False           # input left unread after READS_PER_WAKEUP reads
+        self._held = False           # output held back while a snapshot is published (_feed)
         self._last_reason = None
         self._discarded = 0
         self._discard_logged_at = None
@@ -184,7 +185,7 @@ class Link(object):
 
     def next_deadline(self):
         """When :meth:`tick` is due (monotonic), or None."""
-        if self._more:
+        if self._more or self._held:
             return self.clock()
         if self.state is LinkState.NO_PORT:
             return self._next_scan
@@ -216,6 +217,7 @@ class Link(object):
 
     def tick(self, now):
         """Run whatever is due (see :meth:`next_deadline`)."""
+        self._held = False                      # the publication that held output back is done
         if self._more and self.connected:
             self._read(now, 0)
         if self.state is LinkState.NO_PORT and self._next_scan is not None and now >= self._next_scan:
@@ -231,7 +233,8 @@ class Link(object):
                     level("no sync reply from the host for %.1f s; starting a new sync (attempt %d)",
                           self.session.sync_timeout, event.attempts)
             self._follow_session("periodic re-sync", now)
-            self._flush_session()
+            if not self._held:                  # else that read brought a snapshot: after its publication
+                self._flush_session()
         return self._take()
 
     def get(self, key):
@@ -365,7 +368,7 @@ class Link(object):
             return
         if self.port.wakes or revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
             self._read(now, revents)
-        if self.connected and self.port is not None:
+        if self.connected and self.port is not None and not self._held:
             self._flush()
 
     def _read(self, now, revents):
@@ -442,7 +445,12 @@ class Link(object):
         self._follow_session("discarded input from the host", parsed_at)
         if latest is not None:
             self._events.append(SnapshotArrived(latest, read_at, parsed_at))
-        self._flush_session()
+            # what the session answers (e.g. the hello + sync after a migration landed) waits in
+            # it for the loop's next pass, after the publication (tick): encoding and a port write
+            # are cold code too
+            self._held = True
+        else:
+            self._flush_session()
 
     def _note_discard(self, event, now):
         self.stats["discarded"] += 1
@@ -466,6 +474,7 @@ class Link(object):
         self._flush()
 
     def _flush(self):
+        self._held = False
         while self._outbox and self.connected and self.port is not None:
             try:
                 n = self.port.write(bytes(self._outbox[:65536]))

@@ -133,7 +133,8 @@ class Store(object):
             change = Change(self.record, prev, False, not self._confirmed)
             self._confirmed = True
         self._publish(cleanup=False)
-        self.last_change = change
+        if change.new_data or self.last_change is None:
+            self.last_change = change    # status "timings": the last publication of new data
         return change
 
     def persist(self, change):
