@@ -194,3 +194,22 @@ def test_history_answers_value_at():
         small.add(seq, {"host.a": str(seq)})
     assert small.base_seq == 3 and small.value_at("host.a", 3) == (True, "3")
     assert small.value_at("host.a", 2) == (False, None)
+
+
+def test_status_timings_are_those_of_the_last_new_data(tmp_path):
+    """A re-confirmation of the same data (the sync reply after a migration) is published too,
+    but status keeps the time stamps of the publication that brought the data."""
+    store = _store(tmp_path)
+    store.restore()
+    try:
+        change = _apply(store, protocol.Snapshot("hv1", 1, {"host.hostname": "hv1"}))
+        change.timings.update(read_at=1.0, swapped_at=1.5)
+        again = _apply(store, protocol.Snapshot("hv1", 2, {"host.hostname": "hv1"}))
+        again.timings.update(read_at=9.0, swapped_at=9.5)
+        assert not again.new_data
+        assert store.status()["timings"] == {"read_at": 1.0, "swapped_at": 1.5, "seq": change.record.seq}
+        newer = _apply(store, protocol.Snapshot("hv2", 3, {"host.hostname": "hv2"}))
+        newer.timings.update(read_at=20.0)
+        assert store.status()["timings"] == {"read_at": 20.0, "seq": newer.record.seq}
+    finally:
+        store.close()

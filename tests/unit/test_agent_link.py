@@ -387,3 +387,22 @@ def test_complete_frames_are_handed_on_before_the_read_that_finds_nothing_more()
     rig.port.inbox.extend([frame[:10], frame[10:]])
     events = rig.link.handle(99, select.POLLIN, rig.now)
     assert [type(e) for e in events] == [SnapshotArrived] and len(reads) == 4
+
+
+def test_the_answer_to_a_moved_snapshot_waits_until_after_its_publication():
+    """A snapshot from another host (a live migration landed, no connect edge): the session
+    starts a sync and a hello with the new host - written on the loop's next pass (tick), after
+    the loop has published the snapshot, not on the way to it."""
+    rig = Rig()
+    rig.drive_to(S.IN_SYNC)
+    rig.port.sent()
+    moved = protocol.Snapshot("hv2", 1, {"host.hostname": "hv2"})
+    rig.port.inbox.append(protocol.encode(moved.to_frame(), protocol.MAX_SNAPSHOT_BYTES))
+    events = rig.link.handle(99, select.POLLIN, rig.now)
+    assert [e.snapshot.host_id for e in events if isinstance(e, SnapshotArrived)] == ["hv2"]
+    assert changes(events) == [(S.IN_SYNC, S.SYNCING)]
+    assert rig.port.sent() == []                               # nothing written yet
+    assert rig.link.next_deadline() == rig.now                 # the loop comes back at once ...
+    rig.link.tick(rig.now)
+    assert [f["op"] for f in rig.port.sent()] == ["sync", "hello"]   # ... and writes it then
+    assert rig.link.next_deadline() == rig.now + 2.0           # the sync's own deadline
