@@ -126,17 +126,7 @@ def main():
     finally:
         if guest is not None:
             for host in hosts:
-                try:
-                    dom = host.conn.lookupByName(GUEST)
-                except Exception:  # noqa: BLE001 - not on this host
-                    continue
-                try:
-                    if dom.isActive():
-                        dom.destroy()
-                    if dom.isPersistent():
-                        dom.undefine()
-                except Exception:  # noqa: BLE001 - best effort, the host is stopped next
-                    pass
+                lh.remove_domain(host, GUEST)
         for host in reversed(hosts):
             host.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -110,6 +110,21 @@ def wait_for(predicate, timeout, interval=0.05, what="condition"):
     return _wait_for(predicate, timeout, what, interval, error=HarnessError, retry=(Exception,))
 
 
+def remove_domain(host, name):
+    """Destroy (if running) and undefine (if defined) domain ``name`` on LibvirtHost ``host``,
+    best effort (a clean-up: a domain that is not there, a libvirt that does not answer, or a
+    call that fails is no error)."""
+    import libvirt
+    try:
+        dom = host.conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError:
+        pass
+
+
 def _set_conf(path, settings):
     """Append ``key = value`` lines (libvirt conf syntax) to ``path``; later lines win."""
     with open(path, "a") as f:

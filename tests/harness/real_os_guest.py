@@ -25,7 +25,8 @@ import time
 import xml.etree.ElementTree as ET
 
 from tests.harness import accel
-from tests.harness.libvirt_hosts import HOSTKV_PORT, TEST_EXEC_PORT, HarnessError, LibvirtGuest, wait_for
+from tests.harness.libvirt_hosts import (HOSTKV_PORT, TEST_EXEC_PORT, HarnessError, LibvirtGuest, remove_domain,
+                                         wait_for)
 from tests.harness.real_os_image import USER, make_overlay
 
 InstalledDisk = collections.namedtuple("InstalledDisk", "kernel initrd raw")
@@ -201,14 +202,6 @@ def migrate(guest, dst):
 
 def destroy(guest):
     """Destroy and undefine ``guest`` wherever it runs now (best effort), remove its overlay."""
-    import libvirt
-    try:
-        dom = guest.dom()
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefine()
-    except libvirt.libvirtError:
-        pass
+    remove_domain(guest.host, guest.name)
     if os.path.exists(guest.overlay):
         os.unlink(guest.overlay)

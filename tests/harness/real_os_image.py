@@ -39,6 +39,8 @@ import subprocess
 import tempfile
 import time
 
+from tests.harness import guest_kernel
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = os.path.join(HERE, "real_os_files")
 EXEC_SERVER = os.path.join(HERE, "guest_init", "exec_server.py")
@@ -55,14 +57,9 @@ PATH_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*",
 PATH_INCLUDES = ("/usr/share/doc/*/copyright",)
 
 # Kernel modules in the root (under kernel/ of /usr/lib/modules/<release>): the virtio devices
-# the test domains have, and the root file system's.  udev loads virtio_console itself.
-KERNEL_MODULES = (
-    "drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",
-    "drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
-    "drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
-    "drivers/block/virtio_blk.ko", "lib/crc16.ko", "fs/mbcache.ko", "crypto/crc32c_generic.ko",
-    "fs/jbd2/jbd2.ko", "fs/ext4/ext4.ko",
-)
+# the test domains have, and the root file system's (guest_kernel.py's list).  udev loads
+# virtio_console itself.
+KERNEL_MODULES = guest_kernel.DISK_MODULES
 # ... and the ones the initramfs loads, in dependency order, to mount the root.
 INITRAMFS_LOAD = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
                   "virtio_pci", "virtio_blk", "crc16", "mbcache", "crc32c_generic", "jbd2", "ext4")
@@ -196,8 +193,7 @@ def _install_kernel(root, deb, out):
             if os.path.exists(os.path.join(src, name)):
                 shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
         _chroot(root, "depmod %s" % release, "depmod")
-        from tests.harness.guest_kernel import extract_pvh_kernel
-        name = "vmlinux" if extract_pvh_kernel(vmlinuz[0], os.path.join(out, "vmlinux")) else "vmlinuz"
+        name = "vmlinux" if guest_kernel.extract_pvh_kernel(vmlinuz[0], os.path.join(out, "vmlinux")) else "vmlinuz"
         return release, name
     finally:
         shutil.rmtree(x, ignore_errors=True)

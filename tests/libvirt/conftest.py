@@ -96,14 +96,4 @@ def guests(lv_pairs, guest_image, lv_workdir):
     yield Starter()
     for g in started:
         for host in lv_pairs.all_hosts():
-            try:
-                dom = host.conn.lookupByName(g.name)
-            except Exception:  # noqa: BLE001 - not on this host
-                continue
-            try:
-                if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
-                    dom.undefine()
-            except Exception:  # noqa: BLE001
-                pass
+            lh.remove_domain(host, g.name)
