@@ -23,6 +23,15 @@ cache, hooks) from ``hostkv status --json`` (``timings``), or from its log line 
 source QEMU is stopped.  Both are test-harness activity competing for the guest's one TCG vCPU and
 the host's 2 cores right in the measured window; on real hosts neither exists (the source is on
 another machine, there is no exec server).  Default 0 = the harness's migrate() as is.
+
+Under TCG with ``--quiet-ms``, each hop also reports the **translation blocks** the destination
+QEMU holds at the end of the quiet window (HMP ``info jit``, "TB count"): a fresh QEMU starts
+with an empty translation cache, so this is the number of distinct guest code blocks the guest
+ran since the resume - the cost that dominates a migration under TCG, and, unlike a time, the
+same within ~2 % from hop to hop.  ``--agent-stopped`` SIGSTOPs the agent from just before each
+migration to the end of its quiet window (SIGCONT then): the floor and the TB count without the agent's publication, so two
+runs side by side give the agent's own share in TBs (its hostkv figures are then not latencies
+and are not reported).
 """
 import argparse
 import json
@@ -70,8 +79,19 @@ def clock_offset(guest):
     return guest_clock.offset(lambda argv: guest.exec(argv)[1], host_clock=time.time)
 
 
-def migrate_quietly(src, dst, quiet):
-    """migrate() with nothing done to the guest or the source for ``quiet`` s after the resume."""
+def tb_count(guest):
+    """Translation blocks in ``guest``'s QEMU (TCG only; None if QEMU does not say)."""
+    out = guest.qmp("human-monitor-command", **{"command-line": "info jit"})
+    found = re.search(r"^TB count\s+(\d+)", out or "", re.M)
+    return int(found.group(1)) if found else None
+
+
+def migrate_quietly(src, dst, quiet, census=None, agent_pid=None):
+    """migrate() with nothing done to the guest or the source for ``quiet`` s after the resume.
+    ``census`` (a list): append the destination's TB count at the end of the quiet window;
+    ``agent_pid``: SIGSTOP it before the migration, SIGCONT after the quiet window."""
+    if agent_pid is not None:
+        src.exec(["kill", "-STOP", str(agent_pid)])
     t0 = time.monotonic()
     src.qmp("migrate", uri=dst.incoming)
     while True:
@@ -83,9 +103,13 @@ def migrate_quietly(src, dst, quiet):
         time.sleep(0.02)
     resume = dst.wait_event("RESUME", timeout=30, since=t0)
     time.sleep(max(0.0, resume["t"] + quiet - time.monotonic()))
+    if census is not None:
+        census.append(tb_count(dst))
     src.stop(sync=False)
     dst.reconnect_exec()
     dst._exec.request({"op": "ping"}, timeout=30)
+    if agent_pid is not None:
+        dst.exec(["kill", "-CONT", str(agent_pid)])
     return MigrationResult(src_name=src.name, dst_name=dst.name, completed_s=None,
                            resumed_s=resume["t"] - t0, exec_back_s=None, resumed_at=resume["t"],
                            downtime_ms=info.get("downtime"), total_time_ms=info.get("total-time"))
@@ -123,7 +147,13 @@ def main():
                     help="print the agent's log lines of the run (per-publication timings)")
     ap.add_argument("--quiet-ms", type=float, default=0,
                     help="leave the guest and the source alone for this long after the resume")
+    ap.add_argument("--agent-stopped", action="store_true",
+                    help="SIGSTOP the agent from before each migration to the end of its quiet "
+                         "window (needs --quiet-ms): the floor and the TB count without the agent")
     args = ap.parse_args()
+    if args.agent_stopped and not args.quiet_ms:
+        ap.error("--agent-stopped needs --quiet-ms")
+    census = [] if args.quiet_ms and not accel.use_kvm() else None
     work = tempfile.mkdtemp(prefix="hkv-mig-")
     names = ("bench-host-a", "bench-host-b")
     hosts, socks = {}, {}
@@ -151,6 +181,8 @@ def main():
             assert time.monotonic() < deadline, guest.exec(["cat", "/tmp/floor.err"])[1]
             time.sleep(0.1)
         time.sleep(2)
+        agent_pid = json.loads(guest.exec(["hostkv", "status", "--json"])[1])["pid"] \
+            if args.agent_stopped else None
         side = 0
         for hop in range(args.hops):
             target = names[1 - side]
@@ -164,8 +196,8 @@ def main():
             line = "floor-%d" % (hop + 1)
             next_writer = FloorWriter(floor_path, line)
             next_writer.wait_connected()
-            result = migrate_quietly(guest, dst, args.quiet_ms / 1000.0) if args.quiet_ms \
-                else migrate(guest, dst)
+            result = migrate_quietly(guest, dst, args.quiet_ms / 1000.0, census, agent_pid) \
+                if args.quiet_ms else migrate(guest, dst)
             writer.close()
             writer = next_writer
             guest, side = dst, 1 - side
@@ -195,10 +227,17 @@ def main():
             row["ratio"] = row["hostkv"] / row["floor"] if row["floor"] > 0 else float("inf")
             rows.append(row)
             guest.exec(": > /tmp/changes.log")
+            row["tbs"] = census[-1] if census else None
+            tbs = "; %s TBs at +%d ms" % (row["tbs"], args.quiet_ms) if row["tbs"] is not None else ""
+            if args.agent_stopped:
+                print("hop %2d -> %s: agent stopped; floor resume -> line %.1f ms (clock error <= %.1f ms; "
+                      "downtime %s ms%s)" % (hop + 1, target, row["floor"], row["clock_error"],
+                                             result.downtime_ms, tbs))
+                continue
             print("hop %2d -> %s: hostkv resume -> visible %.1f ms, floor resume -> line %.1f ms, "
-                  "ratio %.2f (clock error <= %.1f ms; downtime %s ms)"
+                  "ratio %.2f (clock error <= %.1f ms; downtime %s ms%s)"
                   % (hop + 1, target, row["hostkv"], row["floor"], row["ratio"], row["clock_error"],
-                     result.downtime_ms))
+                     result.downtime_ms, tbs))
             print("        agent (%s): %s" % (source, ", ".join(
                 "%s +%.1f" % (label, ms) for label, ms in sorted(row["stages"].items(),
                                                                   key=lambda kv: kv[1]))))
@@ -217,6 +256,14 @@ def main():
         return "median %6.1f  p95 %6.1f  max %6.1f" % (statistics.median(values), percentile(values, 95),
                                                       max(values))
     hk, fl = [r["hostkv"] for r in rows], [r["floor"] for r in rows]
+    tb_rows = [r["tbs"] for r in rows if r.get("tbs") is not None]
+    if tb_rows:
+        print("TBs translated by the destination by +%d ms (%s): median %d, min %d, max %d" % (
+            args.quiet_ms, "agent stopped" if args.agent_stopped else "agent running",
+            statistics.median(tb_rows), min(tb_rows), max(tb_rows)))
+    if args.agent_stopped:
+        print("floor  resume -> line (ms):      %s" % fig(fl))
+        return
     print("hostkv resume -> visible (ms):   %s  (n=%d, clock error median %.1f ms)"
           % (fig(hk), len(rows), statistics.median(r["clock_error"] for r in rows)))
     print("floor  resume -> line (ms):      %s" % fig(fl))
