@@ -564,11 +564,28 @@ class LibvirtGuest(object):
         return json.loads(reply["stdout"]) if reply["rc"] == 0 else None
 
     def wait_key(self, key, value, timeout=10.0, interval=0.05):
-        """Wait until the guest publishes ``key`` = ``value``; returns the seconds it took."""
+        """Wait until the guest publishes ``key`` = ``value``; returns the seconds it took.
+        On a timeout the error carries what was published last and the tail of the host's
+        hostkvd log (a clean-room run keeps nothing else)."""
         start = time.monotonic()
-        wait_for(lambda: self.key(key) == value, timeout, interval=interval,
-                 what="guest %s to see %s=%r (last: %r)" % (self.name, key, value, "?"))
+        seen = []
+
+        def published_value():
+            seen[:] = [self.key(key)]
+            return seen[0] == value
+        try:
+            wait_for(published_value, timeout, interval=interval,
+                     what="guest %s to see %s=%r" % (self.name, key, value))
+        except HarnessError as err:
+            raise HarnessError("%s; last published: %r%s" % (err, seen[0] if seen else "?",
+                                                             self._hostkvd_tail()))
         return time.monotonic() - start
+
+    def _hostkvd_tail(self, lines=40):
+        out = ""
+        for proc in getattr(self.host, "hostkvds", [])[-1:]:
+            out += "\n--- %s (last %d lines)\n%s" % (proc.log_path, lines, _tail(proc.log_path, lines))
+        return out
 
     def console(self):
         return _tail(self.console_log, 60)
