@@ -11,6 +11,14 @@ Contract (used by migration_latency.py and libvirt_migration.py):
     ``/tmp/floor.log`` for every line - no parsing, no files before the time stamp; with
     ``--console`` it writes ``hostkv-floor: <line>`` to /dev/console instead (the libvirt bench
     tails the console on the host).
+  * ``PUBLISH_READER`` (``python3 FILE PORT_NAME``, ``start_floor_reader(..., publish=True)``) is
+    the least a *Python* publication can do, for a second reference line: the line is a snapshot
+    frame (``publish_line(tag, n)``: 8 keys, ``host.floor`` = tag), and before its time stamp the
+    reader decodes it (json), checks every key and value with the two regular expressions of
+    hostkv.common.entries' rule (a stand-in that only measures, not a second home of the rule),
+    writes each value and a values.json into files opened ahead and renames a symlink over
+    ``current`` - no objects, no framing, no watchers, no cache; the next dir is made after the
+    time stamp.  ``/tmp/floor.log`` gets ``<CLOCK_MONOTONIC> <tag>`` as with the bare reader.
   * ``STATUS_STAGES`` names the agent's per-publication time stamps (``hostkv status --json``,
     ``timings``) in path order; ``stage_split(timings, resumed_guest)`` turns them into ms after
     the resume.
@@ -59,6 +67,74 @@ while True:
         else:
             log.write('%.6f %s\n' % (t, line.decode()))
 """
+
+PUBLISH_READER = r"""
+import json, os, re, sys, time
+name = sys.argv[1]
+path = None
+while path is None:
+    for e in sorted(os.listdir('/sys/class/virtio-ports')):
+        try:
+            if open('/sys/class/virtio-ports/%s/name' % e).read().strip() == name:
+                path = '/dev/' + e
+        except OSError:
+            pass
+    if path is None:
+        time.sleep(0.1)
+KEY = re.compile(r"\A(?:host|vm)\.[A-Za-z0-9._-]+\Z")
+BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+run = '/run/hostkv-floor'
+os.makedirs(run + '/snap', exist_ok=True)
+ahead = {'n': 0}
+def prepare(keys):
+    ahead['n'] += 1
+    d = '%s/snap/%d' % (run, ahead['n'])
+    os.mkdir(d)
+    ahead['fds'] = dict((k, os.open(d + '/' + k, os.O_WRONLY | os.O_CREAT, 0o644))
+                        for k in list(keys) + ['values.json'])
+    ahead['tmp'] = run + '/.tmp-%d' % ahead['n']
+    os.symlink(d, ahead['tmp'])
+prepare(['host.floor', 'host.fqdn'] + ['host.k%d' % i for i in range(6)])
+fd = os.open(path, os.O_RDONLY)
+log = open('/tmp/floor.log', 'a', buffering=1)
+buf = b''
+while True:
+    data = os.read(fd, 65536)
+    if not data:                    # the host side is not connected: read() returns 0 at once
+        time.sleep(0.01)
+        continue
+    buf += data
+    while b'\n' in buf:
+        line, buf = buf.split(b'\n', 1)
+        if not line:
+            continue
+        values = json.loads(line.decode('utf-8'))['values']
+        for k, v in values.items():
+            if not KEY.match(k) or BAD.search(v) or len(v.encode('utf-8')) > 4096:
+                raise SystemExit('bad entry %r' % k)
+        fds = ahead['fds']
+        for k, v in values.items():
+            os.write(fds[k], v.encode('utf-8'))
+        os.write(fds['values.json'], json.dumps(values).encode('utf-8'))
+        os.rename(ahead['tmp'], run + '/current')
+        t = time.monotonic()
+        log.write('%.6f %s\n' % (t, values['host.floor']))
+        for x in fds.values():
+            os.close(x)
+        prepare(values)
+"""
+
+
+def publish_line(tag, n):
+    """The snapshot frame PUBLISH_READER expects: 8 keys like bench/agent_native.py's, host.floor = tag."""
+    import json
+    host = "hv-%d" % (n % 2)
+    values = {"host.floor": tag, "host.fqdn": host + ".dc1.example.org"}
+    for k in range(6):
+        values["host.k%d" % k] = "%s value %d" % (host, k)
+    return json.dumps({"op": "snapshot", "v": 1, "host_id": "id-" + host, "generation": n,
+                       "values": values}, sort_keys=True, separators=(",", ":"))
+
 
 # (status key, label) in the order the agent passes them on the way from bytes to visible files
 STATUS_STAGES = (("read_at", "bytes at agent"), ("parsed_at", "parsed"), ("swapped_at", "swapped"),
@@ -134,7 +210,8 @@ def summary(values):
             "p95": percentile(values, 95), "max": max(values)}
 
 
-def start_floor_reader(write_file, run_sh):
-    """Start FLOOR_READER in the guest: ``write_file(path, text)``, ``run_sh(shell_text)``."""
-    write_file("/tmp/hostkv-floor.py", FLOOR_READER)
+def start_floor_reader(write_file, run_sh, publish=False):
+    """Start FLOOR_READER (PUBLISH_READER if ``publish``) in the guest: ``write_file(path, text)``,
+    ``run_sh(shell_text)``."""
+    write_file("/tmp/hostkv-floor.py", PUBLISH_READER if publish else FLOOR_READER)
     run_sh("setsid python3 /tmp/hostkv-floor.py %s </dev/null >/tmp/floor.err 2>&1 &" % FLOOR_PORT)
