@@ -34,7 +34,8 @@ import time
 
 FLOOR_PORT = "org.hostkv.floor.0"
 
-FLOOR_READER = r"""
+# both guest readers start the same way: the port's /dev path from sysfs, by its name (argv[1])
+_FIND_PORT = r"""
 import os, sys, time
 name = sys.argv[1]
 path = None
@@ -47,6 +48,9 @@ while path is None:
             pass
     if path is None:
         time.sleep(0.1)
+"""
+
+FLOOR_READER = _FIND_PORT + r"""
 fd = os.open(path, os.O_RDONLY)
 console = os.open('/dev/console', os.O_WRONLY) if '--console' in sys.argv else None
 log = None if console is not None else open('/tmp/floor.log', 'a', buffering=1)
@@ -68,19 +72,8 @@ while True:
             log.write('%.6f %s\n' % (t, line.decode()))
 """
 
-PUBLISH_READER = r"""
-import json, os, re, sys, time
-name = sys.argv[1]
-path = None
-while path is None:
-    for e in sorted(os.listdir('/sys/class/virtio-ports')):
-        try:
-            if open('/sys/class/virtio-ports/%s/name' % e).read().strip() == name:
-                path = '/dev/' + e
-        except OSError:
-            pass
-    if path is None:
-        time.sleep(0.1)
+PUBLISH_READER = _FIND_PORT + r"""
+import json, re
 KEY = re.compile(r"\A(?:host|vm)\.[A-Za-z0-9._-]+\Z")
 BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 run = '/run/hostkv-floor'
