@@ -581,10 +581,17 @@ class LibvirtGuest(object):
                                                              self._hostkvd_tail()))
         return time.monotonic() - start
 
-    def _hostkvd_tail(self, lines=40):
+    def _hostkvd_tail(self, lines=60):
+        """hostkvd's own last lines (libvirtaio's per-call DEBUG lines left out: they are most of it)."""
         out = ""
         for proc in getattr(self.host, "hostkvds", [])[-1:]:
-            out += "\n--- %s (last %d lines)\n%s" % (proc.log_path, lines, _tail(proc.log_path, lines))
+            try:
+                with open(proc.log_path, errors="replace") as f:
+                    own = [line for line in f if "virEventAsyncIOImpl" not in line]
+            except OSError as err:
+                own = ["(no log: %s)\n" % err]
+            out += "\n--- %s (last %d lines, libvirtaio's left out)\n%s" % (
+                proc.log_path, lines, "".join(own[-lines:]))
         return out
 
     def console(self):
