@@ -337,3 +337,15 @@ def test_a_proxy_with_no_qemu_daemon_behind_it_counts_as_down(tmp_path, monkeypa
         monkeypatch.setattr(libvirt_source, "_peer_command", lambda sock, c=comm: c)
         assert libvirt_source.socket_refuses("qemu:///system") is down
     srv.close()
+
+
+def test_a_late_close_callback_of_an_older_connection_leaves_the_current_one_up():
+    """Each connection's close callback carries that connection's own event: the callback of a
+    connection already dropped (libvirt may still call it) does not end the one that replaced it."""
+    source = LibvirtSource(URI)
+    old, current = asyncio.Event(), asyncio.Event()
+    source._closed = current
+    source._on_close(None, 1, old)
+    assert old.is_set() and not current.is_set()
+    source._on_close(None, 1, current)
+    assert current.is_set()

@@ -359,9 +359,11 @@ class LibvirtSource(object):
     async def _connect(self):
         import libvirt
         conn = libvirt.openReadOnly(self.uri)
-        self._closed = asyncio.Event()
+        # each connection's close callback sets that connection's own event: a late callback of
+        # an older connection (its unregister can fail once it is dead) must not end this one
+        self._closed = closed = asyncio.Event()
         try:
-            conn.registerCloseCallback(self._on_close, None)
+            conn.registerCloseCallback(self._on_close, closed)
             try:
                 conn.setKeepAlive(5, 3)
             except libvirt.libvirtError:
@@ -409,10 +411,12 @@ class LibvirtSource(object):
             pass
 
     # ------------------------------------------------------------ libvirt callbacks (loop thread)
-    def _on_close(self, _conn, reason, _opaque):
-        log.info("libvirt %s: close callback (reason %s)", self.uri, reason)
-        if self._closed is not None:
-            self._closed.set()
+    def _on_close(self, _conn, reason, closed):
+        """libvirt closed a connection: ``closed`` is the event of the connection it belongs to."""
+        current = closed is self._closed
+        log.info("libvirt %s: close callback (reason %s)%s", self.uri, reason,
+                 "" if current else " of an older connection; ignored")
+        closed.set()
 
     def _on_lifecycle(self, _conn, dom, event, detail, _opaque):
         log.debug("lifecycle %s event=%s detail=%s", dom.name(), event, detail)
