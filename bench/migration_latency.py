@@ -29,9 +29,9 @@ QEMU holds at the end of the quiet window (HMP ``info jit``, "TB count"): a fres
 with an empty translation cache, so this is the number of distinct guest code blocks the guest
 ran since the resume - the cost that dominates a migration under TCG, and, unlike a time, the
 same within ~2 % from hop to hop.  ``--agent-stopped`` SIGSTOPs the agent from just before each
-migration to the end of its quiet window (SIGCONT then): the floor and the TB count without the agent's publication, so two
-runs side by side give the agent's own share in TBs (its hostkv figures are then not latencies
-and are not reported).
+migration to the end of its quiet window (SIGCONT then): the floor and the TB count without the
+agent's publication, so two runs side by side give the agent's own share in TBs (its hostkv
+figures are then not latencies and are not reported).
 
 ``--floor publish``: the floor port's reader is bench/floor.py's PUBLISH_READER, the least a
 Python publication can do (decode, check, write, rename; no agent code): what any Python agent
@@ -160,7 +160,8 @@ def main():
                          "publication can do (bench/floor.py PUBLISH_READER)")
     args = ap.parse_args()
     publish = args.floor == "publish"
-    floor_line = (lambda tag, n: publish_line(tag, n)) if publish else (lambda tag, n: tag)
+    floor_line = publish_line if publish else (lambda tag, n: tag)
+    floor_label = "floor (publish)" if publish else "floor"
     if args.agent_stopped and not args.quiet_ms:
         ap.error("--agent-stopped needs --quiet-ms")
     census = [] if args.quiet_ms and not accel.use_kvm() else None
@@ -272,11 +273,11 @@ def main():
             args.quiet_ms, "agent stopped" if args.agent_stopped else "agent running",
             statistics.median(tb_rows), min(tb_rows), max(tb_rows)))
     if args.agent_stopped:
-        print("floor%s resume -> line (ms):      %s" % (" (publish)" if publish else "", fig(fl)))
+        print("%-6s resume -> line (ms):      %s" % (floor_label, fig(fl)))
         return
     print("hostkv resume -> visible (ms):   %s  (n=%d, clock error median %.1f ms)"
           % (fig(hk), len(rows), statistics.median(r["clock_error"] for r in rows)))
-    print("floor%s resume -> line (ms):      %s" % (" (publish)" if publish else "", fig(fl)))
+    print("%-6s resume -> line (ms):      %s" % (floor_label, fig(fl)))
     print("ratio hostkv / floor per hop:    %s" % fig([r["ratio"] for r in rows]))
     print("ratio of medians %.2f, ratio of p95s %.2f (%s)" % (
         statistics.median(hk) / statistics.median(fl), percentile(hk, 95) / percentile(fl, 95),

@@ -97,12 +97,14 @@ class HarnessError(RuntimeError):
     """A real component could not be started or driven."""
 
 
-def _tail(path, n=30):
+def _tail(path, n=30, skip=None):
+    """The last ``n`` lines of ``path`` (those containing ``skip`` left out)."""
     try:
         with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
+            lines = [line for line in f if skip is None or skip not in line]
     except OSError as err:
         return "(no log: %s)" % err
+    return "".join(lines[-n:])
 
 
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
@@ -583,16 +585,9 @@ class LibvirtGuest(object):
 
     def _hostkvd_tail(self, lines=60):
         """hostkvd's own last lines (libvirtaio's per-call DEBUG lines left out: they are most of it)."""
-        out = ""
-        for proc in getattr(self.host, "hostkvds", [])[-1:]:
-            try:
-                with open(proc.log_path, errors="replace") as f:
-                    own = [line for line in f if "virEventAsyncIOImpl" not in line]
-            except OSError as err:
-                own = ["(no log: %s)\n" % err]
-            out += "\n--- %s (last %d lines, libvirtaio's left out)\n%s" % (
-                proc.log_path, lines, "".join(own[-lines:]))
-        return out
+        return "".join("\n--- %s (last %d lines, libvirtaio's left out)\n%s" % (
+            proc.log_path, lines, _tail(proc.log_path, lines, skip="virEventAsyncIOImpl"))
+            for proc in getattr(self.host, "hostkvds", [])[-1:])
 
     def console(self):
         return _tail(self.console_log, 60)

@@ -360,7 +360,7 @@ class LibvirtSource(object):
         import libvirt
         conn = libvirt.openReadOnly(self.uri)
         # each connection's close callback sets that connection's own event: a late callback of
-        # an older connection (its unregister can fail once it is dead) must not end this one
+        # an older connection must not end this one
         self._closed = closed = asyncio.Event()
         try:
             conn.registerCloseCallback(self._on_close, closed)
