@@ -79,8 +79,8 @@ def loop():
     lp.close()
 
 
-def options(fake, tmp_path, **extra):
-    items = [("server", fake.url, "t:1"), ("interval", str(INTERVAL), "t:2"),
+def options(fake, tmp_path, interval=INTERVAL, **extra):
+    items = [("server", fake.url, "t:1"), ("interval", str(interval), "t:2"),
              ("cache", str(tmp_path / "cache.json"), "t:3")]
     items += [(k, str(v), "t:%d" % (10 + i)) for i, (k, v) in enumerate(extra.items())]
     return cobbler.parse_options(items)
@@ -107,7 +107,14 @@ class Running(object):
         self.loop.run_until_complete(asyncio.sleep(seconds))
 
     def stop(self):
+        """Cancel the source as KeySources does on reload and shutdown; it must end."""
         self.task.cancel()
+        self.loop.run_until_complete(asyncio.wait((self.task,), timeout=10))
+        if not self.task.done():
+            for _ in range(20):                  # don't leave it running into the next test
+                self.task.cancel()
+                self.loop.run_until_complete(asyncio.wait((self.task,), timeout=0.5))
+            raise AssertionError("the source ran on after it was cancelled (state %s)" % self.source.state)
         self.loop.run_until_complete(asyncio.gather(self.task, return_exceptions=True))
 
 
@@ -258,6 +265,18 @@ def test_cache_keeps_host_keys_across_a_restart_while_cobbler_is_down(fake, loop
         assert api2.host_sets == [{"host.rack": "r7"}]
     finally:
         run.stop()
+
+
+def test_a_source_cancelled_in_the_turn_it_is_woken_stops(fake, loop, tmp_path):
+    # CI hung here for 15 minutes: asyncio.wait_for lost the cancellation (hostkvd/timeout.py)
+    api = FakeAPI()
+    api.link("g1", system="web1")
+    run = Running(loop, options(fake, tmp_path, interval=30), api)
+    run.until(lambda: api.values("g1").get("vm.role") == "web", what="g1's keys")
+    run.sleep(0.1)                                   # waiting for the next poll or a wake-up
+    run.source.guests_changed()
+    run.stop()
+    assert run.task.cancelled()
 
 
 def test_links_to_another_server_and_profiles(fake, loop, tmp_path):

@@ -7,6 +7,7 @@ guest's requests.  One module per concern:
   config      the config file (/etc/hostkv/hostkvd.conf): parsing with line numbers, atomic edits
   hostvalues  the host.* values: built-ins (host.hostname, host.fqdn) plus configured keys
   ratelimit   token buckets that throttle a misbehaving guest
+  timeout     the one timed wait: never loses a cancellation (asyncio.wait_for can)
   dirwatch    inotify waits: a channel directory changed, a socket appeared (no polling)
   channel     one guest connection: connect with backoff, push, answer, rate-limit
   daemon      Hostkvd: host values + the set of channels; the API channel sources call

@@ -35,6 +35,7 @@ import time
 from hostkv import protocol
 from hostkv.hostkvd.ratelimit import TokenBucket
 from hostkv.hostkvd.dirwatch import path_waiter
+from hostkv.hostkvd.timeout import within
 
 log = logging.getLogger("hostkvd.channel")
 
@@ -263,10 +264,7 @@ class Channel(object):
 
     async def _flush(self, timeout):
         """Give the queued replies (bounded by HIGH_WATER) up to ``timeout`` seconds to go out."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await within(self._idle.wait(), timeout)
 
     def _count_turn(self, nbytes, requests, errors, reply_bytes):
         t = self.turn_max

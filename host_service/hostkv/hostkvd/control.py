@@ -26,6 +26,7 @@ import struct
 from hostkv import protocol
 from hostkv.common import paths
 from hostkv.hostkvd import config
+from hostkv.hostkvd.timeout import within
 
 log = logging.getLogger("hostkvd.control")
 
@@ -74,8 +75,8 @@ class ControlServer(object):
             if uid not in (0, os.getuid()):
                 log.warning("control: refused a connection from uid %d", uid)
                 try:   # take the request first, so the refusal is read rather than a reset
-                    await asyncio.wait_for(reader.readline(), 1.0)
-                except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError):
+                    await within(reader.readline(), 1.0)
+                except (ValueError, asyncio.LimitOverrunError):
                     pass
                 writer.write(b'{"ok":false,"error":"permission denied: hostkvctl must run as root"}\n')
                 await writer.drain()

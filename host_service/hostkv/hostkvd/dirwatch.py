@@ -16,6 +16,8 @@ import ctypes.util
 import os
 import struct
 
+from hostkv.hostkvd.timeout import within
+
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = 0o2000000
 IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x4, 0x40, 0x80, 0x100, 0x200
@@ -75,10 +77,7 @@ class DirectoryWatch(object):
         if all_watched:
             await self._event.wait()
         else:
-            try:
-                await asyncio.wait_for(self._event.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+            await within(self._event.wait(), self.interval)
         await asyncio.sleep(0.02)        # let a burst of creations settle into one rescan
 
     def close(self):
@@ -152,9 +151,7 @@ class PathWaiter(object):
         fut = asyncio.get_event_loop().create_future()
         self._waiters.setdefault(directory, set()).add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await within(fut, timeout)
         finally:
             waiters = self._waiters.get(directory)
             if waiters is not None:

@@ -68,6 +68,7 @@ from xml.parsers.expat import ExpatError
 
 from hostkv.common import atomic, domain_xml, entries, options as hostkv_options, paths
 from hostkv.hostkvd import hostvalues
+from hostkv.hostkvd.timeout import within
 
 log = logging.getLogger("hostkvd.cobbler")
 
@@ -350,10 +351,7 @@ class Source(object):
                 self._reconcile()
                 await self._flush()
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_poll - loop.time()))
-                except asyncio.TimeoutError:
-                    pass
+                await within(self._wake.wait(), next_poll - loop.time())
         finally:
             self._pool.shutdown(wait=False)
 

@@ -51,6 +51,7 @@ import xml.etree.ElementTree as ET
 
 from hostkv import protocol
 from hostkv.common import atomic, domain_xml, paths
+from hostkv.hostkvd.timeout import within
 
 log = logging.getLogger("hostkvd.libvirt")
 
@@ -312,8 +313,8 @@ class LibvirtSource(object):
         if impl is None or not hasattr(impl, "drain"):
             return
         try:
-            await asyncio.wait_for(asyncio.shield(impl.drain()), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+            await within(asyncio.shield(impl.drain()), timeout)
+        except asyncio.CancelledError:
             pass
 
     # ------------------------------------------------------------ host id
