@@ -426,15 +426,18 @@ class LibvirtSource(object):
     def _on_metadata(self, _conn, dom, mtype, nsuri, _opaque):
         import libvirt
         if mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT and nsuri == domain_xml.NS:
+            log.debug("metadata change %s", dom.name())
             self._schedule(dom.UUIDString())
 
-    def _on_device(self, _conn, dom, _alias, _opaque):
+    def _on_device(self, _conn, dom, alias, _opaque):
+        log.debug("device %s added or removed in %s", alias, dom.name())
         self._schedule(dom.UUIDString())
 
     # ------------------------------------------------------------ refresh
     def _schedule(self, uuid):
         """Refresh ``uuid`` soon; coalesces bursts of events into one refresh."""
         if uuid in self._pending:
+            log.debug("refresh of %s pending: once more after it", uuid)
             self._dirty.add(uuid)
             return
         self._pending[uuid] = asyncio.ensure_future(self._refresh_task(uuid))
