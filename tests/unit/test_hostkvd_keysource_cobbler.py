@@ -71,14 +71,6 @@ def fake():
     f.stop()
 
 
-@pytest.fixture
-def loop():
-    lp = asyncio.new_event_loop()
-    asyncio.set_event_loop(lp)
-    yield lp
-    lp.close()
-
-
 def options(fake, tmp_path, interval=INTERVAL, **extra):
     items = [("server", fake.url, "t:1"), ("interval", str(interval), "t:2"),
              ("cache", str(tmp_path / "cache.json"), "t:3")]

@@ -11,14 +11,6 @@ from hostkv.hostkvd.timeout import within
 HOSTKVD = os.path.join(os.path.dirname(__file__), "..", "..", "host_service", "hostkv", "hostkvd")
 
 
-@pytest.fixture
-def loop():
-    lp = asyncio.new_event_loop()
-    asyncio.set_event_loop(lp)
-    yield lp
-    lp.close()
-
-
 def finish(loop, task, turns=50):
     """Run the loop until ``task`` is done, at most ``turns`` more cancellations; True if it ended."""
     for _ in range(turns):
