@@ -34,8 +34,9 @@ import time
 
 FLOOR_PORT = "org.hostkv.floor.0"
 
-# both guest readers start the same way: the port's /dev path from sysfs, by its name (argv[1])
-_FIND_PORT = r"""
+# both guest readers share this start: the port's /dev path from sysfs by its name (argv[1]),
+# and lines(size), which reads it and yields (time right after read(), line)
+_PORT_LINES = r"""
 import os, sys, time
 name = sys.argv[1]
 path = None
@@ -48,31 +49,34 @@ while path is None:
             pass
     if path is None:
         time.sleep(0.1)
+
+def lines(size):           # each non-empty line, with the CLOCK_MONOTONIC time right after its read()
+    fd = os.open(path, os.O_RDONLY)
+    buf = b''
+    while True:
+        data = os.read(fd, size)
+        t = time.monotonic()
+        if not data:                # the host side is not connected: read() returns 0 at once
+            time.sleep(0.01)
+            continue
+        buf += data
+        while b'\n' in buf:
+            line, buf = buf.split(b'\n', 1)
+            if line:
+                yield t, line
 """
 
-FLOOR_READER = _FIND_PORT + r"""
-fd = os.open(path, os.O_RDONLY)
+FLOOR_READER = _PORT_LINES + r"""
 console = os.open('/dev/console', os.O_WRONLY) if '--console' in sys.argv else None
 log = None if console is not None else open('/tmp/floor.log', 'a', buffering=1)
-buf = b''
-while True:
-    data = os.read(fd, 4096)
-    t = time.monotonic()
-    if not data:                    # the host side is not connected: read() returns 0 at once
-        time.sleep(0.01)
-        continue
-    buf += data
-    while b'\n' in buf:
-        line, buf = buf.split(b'\n', 1)
-        if not line:
-            continue
-        if console is not None:
-            os.write(console, b'\nhostkv-floor: ' + line + b'\n')
-        else:
-            log.write('%.6f %s\n' % (t, line.decode()))
+for t, line in lines(4096):
+    if console is not None:
+        os.write(console, b'\nhostkv-floor: ' + line + b'\n')
+    else:
+        log.write('%.6f %s\n' % (t, line.decode()))
 """
 
-PUBLISH_READER = _FIND_PORT + r"""
+PUBLISH_READER = _PORT_LINES + r"""
 import json, re
 KEY = re.compile(r"\A(?:host|vm)\.[A-Za-z0-9._-]+\Z")
 BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -88,33 +92,22 @@ def prepare(keys):
     ahead['tmp'] = run + '/.tmp-%d' % ahead['n']
     os.symlink(d, ahead['tmp'])
 prepare(['host.floor', 'host.fqdn'] + ['host.k%d' % i for i in range(6)])
-fd = os.open(path, os.O_RDONLY)
 log = open('/tmp/floor.log', 'a', buffering=1)
-buf = b''
-while True:
-    data = os.read(fd, 65536)
-    if not data:                    # the host side is not connected: read() returns 0 at once
-        time.sleep(0.01)
-        continue
-    buf += data
-    while b'\n' in buf:
-        line, buf = buf.split(b'\n', 1)
-        if not line:
-            continue
-        values = json.loads(line.decode('utf-8'))['values']
-        for k, v in values.items():
-            if not KEY.match(k) or BAD.search(v) or len(v.encode('utf-8')) > 4096:
-                raise SystemExit('bad entry %r' % k)
-        fds = ahead['fds']
-        for k, v in values.items():
-            os.write(fds[k], v.encode('utf-8'))
-        os.write(fds['values.json'], json.dumps(values).encode('utf-8'))
-        os.rename(ahead['tmp'], run + '/current')
-        t = time.monotonic()
-        log.write('%.6f %s\n' % (t, values['host.floor']))
-        for x in fds.values():
-            os.close(x)
-        prepare(values)
+for _read_at, line in lines(65536):
+    values = json.loads(line.decode('utf-8'))['values']
+    for k, v in values.items():
+        if not KEY.match(k) or BAD.search(v) or len(v.encode('utf-8')) > 4096:
+            raise SystemExit('bad entry %r' % k)
+    fds = ahead['fds']
+    for k, v in values.items():
+        os.write(fds[k], v.encode('utf-8'))
+    os.write(fds['values.json'], json.dumps(values).encode('utf-8'))
+    os.rename(ahead['tmp'], run + '/current')
+    t = time.monotonic()
+    log.write('%.6f %s\n' % (t, values['host.floor']))
+    for x in fds.values():
+        os.close(x)
+    prepare(values)
 """
 
 
